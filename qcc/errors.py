@@ -1,0 +1,71 @@
+"""Error types. A `QccError` is the user's to fix (CLI exit 2); anything else is our bug (exit 1)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "QccError",
+    "ParseError",
+    "UnsupportedOpError",
+    "VerifyError",
+    "ShapeError",
+    "PassError",
+    "ModelImportError",
+]
+
+
+class QccError(Exception):
+    """An error caused by the input or the options; its message is one clear line for the user."""
+
+
+class ParseError(QccError):
+    """Malformed text input, located by line and column (1-based)."""
+
+    def __init__(self, message: str, *, line: int | None = None, column: int | None = None,
+                 source: str | None = None):
+        self.reason = message
+        self.line = line
+        self.column = column
+        self.source = source
+        where = source or "<input>"
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        super().__init__(f"{where}: {message}")
+
+
+class UnsupportedOpError(QccError):
+    """An op type qcc has no definition for; names the op, the node and what is supported."""
+
+    def __init__(self, op_type: str, node_name: str, supported: list[str]):
+        self.op_type = op_type
+        self.node_name = node_name
+        super().__init__(
+            f"unsupported op '{op_type}' at node '{node_name}'; supported ops: {', '.join(sorted(supported))}"
+        )
+
+
+class VerifyError(QccError):
+    """The graph breaks an IR invariant (structure, types, shapes or annotations)."""
+
+
+class ShapeError(VerifyError):
+    """Shapes or dtypes that do not fit an op, or inputs that do not fit the graph."""
+
+
+class ModelImportError(QccError):
+    """A model file that cannot be imported (malformed, unsafe external data, bad opset)."""
+
+
+class PassError(QccError):
+    """A pass failed; names the pass, the node and the passes that ran before it."""
+
+    def __init__(self, pass_name: str, reason: str, *, node: str | None = None,
+                 ran_before: tuple[str, ...] = ()):
+        self.pass_name = pass_name
+        self.reason = reason
+        self.node = node
+        self.ran_before = tuple(ran_before)
+        where = f" at node '{node}'" if node else ""
+        after = f" (after {', '.join(ran_before)})" if ran_before else " (first pass)"
+        super().__init__(f"pass '{pass_name}' failed{where}: {reason}{after}")
