@@ -1,0 +1,255 @@
+"""The `qcc` command line: the one place in the core that wires frontends, passes and targets.
+
+Exit codes: 0 ok, 2 user error (one line on stderr, no traceback), 1 internal error (a bug in qcc).
+Outputs are written atomically: a failing command leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from qcc import __version__
+from qcc.errors import QccError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+
+
+class _UsageError(QccError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as QccError (exit 2, one line) instead of exiting itself."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _load(path):
+    from qcc.frontend import load_model
+
+    return load_model(path)
+
+
+def _default_model() -> Path:
+    from qcc.examples import MODEL
+
+    return Path(MODEL)
+
+
+def _model_arg(value: str | None) -> Path:
+    return Path(value) if value else _default_model()
+
+
+def _progress(args):
+    if getattr(args, "quiet", False):
+        return None
+    if not sys.stderr.isatty() and not getattr(args, "progress", False):
+        return None
+    return lambda msg: print(f"qcc: {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ commands
+
+def cmd_import(args) -> int:
+    from qcc.frontend import save_model
+
+    out = Path(args.output)
+    if out.suffix != ".qir":
+        raise QccError(f"output {out} must end in .qir (weights go to {out.with_suffix('.npz').name})")
+    graph = _load(args.model)
+    save_model(graph, out)
+    return EXIT_OK
+
+
+def cmd_show(args) -> int:
+    graph = _load(args.model)
+    if args.summary or args.json:
+        from qcc.report import summarize
+
+        report = summarize(graph, config={"command": "show", "model": str(args.model)})
+        sys.stdout.write(report.to_json() if args.json else report.table())
+        return EXIT_OK
+    from qcc.frontend.qir import print_graph
+
+    sys.stdout.write(print_graph(graph))
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from qcc.interp import run
+    from qcc.io import load_arrays, save_npz
+
+    graph = _load(args.model)
+    inputs = load_arrays(args.inputs)
+    mode = args.mode
+    if mode == "auto":
+        annotated = any(v.quant is not None or v.region is not None for v in graph.values())
+        mode = "fake" if annotated else "float"
+    outputs = run(graph, inputs, mode=mode)
+    save_npz(args.output, {k: np.asarray(v) for k, v in outputs.items()})
+    return EXIT_OK
+
+
+def _context(args):
+    from qcc.pass_manager import DumpIRInstrument, PassContext, PrintAfterInstrument, TimingInstrument
+
+    ctx = PassContext(progress=_progress(args))
+    timing = None
+    if args.time_passes:
+        timing = TimingInstrument()
+        ctx.instruments.append(timing)
+    if args.print_after_all:
+        from qcc.frontend.qir import print_graph
+
+        ctx.instruments.append(PrintAfterInstrument(print_graph, sys.stderr))
+    if args.dump_dir:
+        from qcc.frontend.qir import save
+
+        ctx.instruments.append(DumpIRInstrument(args.dump_dir, save))
+    if args.calib:
+        from qcc.io import load_arrays
+
+        ctx.config["calib"] = load_arrays(args.calib, what="calibration")
+    return ctx, timing
+
+
+def cmd_opt(args) -> int:
+    from qcc.frontend import save_model
+    from qcc.pass_manager import parse_pipeline, run_pipeline
+
+    passes = parse_pipeline(args.pipeline)  # bad pipelines fail before any work
+    out = Path(args.output)
+    if out.suffix not in (".qir", ".onnx"):
+        raise QccError(f"output {out} must end in .qir or .onnx")
+    graph = _load(args.model)
+    ctx, timing = _context(args)
+    run_pipeline(graph, passes, ctx)
+    save_model(graph, out, onnx_format=args.onnx_format)
+    if timing is not None:
+        print(timing.table(), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_compile(args) -> int:
+    from qcc.pass_manager import run_pipeline
+    from qcc.report import summarize
+    from qcc.target import get_target
+
+    target = get_target(args.target)  # an unknown or unavailable target fails before any work
+    model = _model_arg(args.model)
+    out_dir = Path(args.output)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise QccError(f"output folder {out_dir} exists and is not empty")
+    if not out_dir.parent.is_dir():
+        raise QccError(f"cannot create {out_dir}: folder {out_dir.parent} does not exist")
+    graph = _load(model)
+    ctx, timing = _context(args)
+    ctx.config["target"] = target
+    run_pipeline(graph, target.default_pipeline, ctx)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        target.lower(graph, staging)
+        report = summarize(graph, config={"command": "compile", "target": args.target, "model": str(model)})
+        (staging / "report.json").write_text(report.to_json())
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    sys.stdout.write(report.table())
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------ parser
+
+def _add_pass_options(p) -> None:
+    p.add_argument("--calib", metavar="CALIB.npz", help="calibration data (x float32 NCHW, y labels)")
+    p.add_argument("--time-passes", action="store_true", help="print the time each pass took")
+    p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass as DIR/NNN_<pass>.qir")
+    p.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qcc", description="qcc: a quantization compiler for neural networks.")
+    parser.add_argument("--version", action="version", version=f"qcc {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback of internal errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("import", help="import an ONNX model into qcc's text IR (.qir + .npz)")
+    p.add_argument("model", metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.qir")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("show", help="print a model's IR, or a per-layer summary")
+    p.add_argument("model", metavar="MODEL", help=".onnx or .qir")
+    p.add_argument("--summary", action="store_true", help="per-layer table: op, shape, MACs, params, activations")
+    p.add_argument("--json", action="store_true", help="the per-layer summary as JSON")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("run", help="interpret a model on inputs from .npz/.npy")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("inputs", metavar="INPUTS.npz")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUTS.npz")
+    p.add_argument("--mode", choices=["auto", "float", "fake"], default="auto",
+                   help="semantics: float reference, or fake-quant float (auto: fake when annotated)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("opt", help="run a pass pipeline and write the result")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("-p", "--pipeline", required=True, help='e.g. "canonicalize,fold-bn"')
+    p.add_argument("-o", "--output", required=True, metavar="OUT.(qir|onnx)")
+    p.add_argument("--onnx-format", choices=["qonnx", "qdq"], default="qonnx",
+                   help="how quantization annotations are written to ONNX")
+    _add_pass_options(p)
+    p.set_defaults(func=cmd_opt)
+
+    p = sub.add_parser("compile", help="compile a model for a target (default model: the bundled example)")
+    p.add_argument("model", nargs="?", metavar="MODEL")
+    p.add_argument("--target", required=True, metavar="T", help="cpu | cim | fpga")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    p.add_argument("--eval", metavar="EVAL.npz", help="evaluation data for measured accuracy")
+    _add_pass_options(p)
+    p.set_defaults(func=cmd_compile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    show_tb = "--traceback" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if not getattr(args, "command", None):
+            raise _UsageError("no command given; commands: import, show, run, opt, compile (see 'qcc --help')")
+        return args.func(args)
+    except QccError as e:
+        print(f"qcc: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("qcc: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug in qcc: say so plainly, keep the traceback for --traceback
+        if show_tb:
+            traceback.print_exc()
+        notes = " ".join(getattr(e, "__notes__", []))
+        print(f"qcc: internal error: {type(e).__name__}: {e} {notes}".rstrip()
+              + "\n(this is a bug in qcc; rerun with --traceback and report it)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""File output that is atomic and deterministic.
+
+Every command writes through here: outputs appear complete or not at all (temp file + os.replace,
+temp files removed on failure), and the same content gives byte-identical files (npz archives with
+fixed timestamps and sorted keys, unlike np.savez which stamps the current time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from qcc.errors import QccError
+
+__all__ = ["atomic_writes", "write_bytes", "npz_bytes", "save_npz", "load_arrays"]
+
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def atomic_writes(*paths: os.PathLike | str) -> Iterator[list[Path]]:
+    """Yield temp paths to write; on success all are renamed into place, on failure all are removed."""
+    targets = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for t in targets:
+            if not t.parent.is_dir():
+                raise QccError(f"cannot write {t}: folder {t.parent} does not exist")
+            fd, name = tempfile.mkstemp(prefix=f".{t.name}.", suffix=".tmp", dir=t.parent)
+            os.close(fd)
+            temps.append(Path(name))
+        yield temps
+        for tmp, t in zip(temps, targets):
+            os.replace(tmp, t)
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def write_bytes(path: os.PathLike | str, data: bytes) -> None:
+    with atomic_writes(path) as (tmp,):
+        tmp.write_bytes(data)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """An .npz archive (readable by np.load) with sorted members and fixed timestamps."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_EPOCH)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def save_npz(path: os.PathLike | str, arrays: Mapping[str, np.ndarray]) -> None:
+    write_bytes(path, npz_bytes(arrays))
+
+
+def load_arrays(path: os.PathLike | str, *, what: str = "inputs") -> dict[str, np.ndarray]:
+    """Arrays from an .npz (by key) or an .npy (under the key 'x'); errors are user errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise QccError(f"{what} file {p} does not exist")
+    loader: Callable[[], dict[str, np.ndarray]]
+    if p.suffix == ".npy":
+        def loader():
+            return {"x": np.load(p, allow_pickle=False)}
+    elif p.suffix == ".npz":
+        def loader():
+            with np.load(p, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+    else:
+        raise QccError(f"{what} file {p} must be .npz or .npy")
+    try:
+        return loader()
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise QccError(f"cannot read {what} file {p}: {e}") from None

@@ -1,0 +1,111 @@
+"""The target interface (DESIGN.md §5): what a backend tells the compiler and what it must do.
+
+Targets are registered by name as "module:Class" strings and imported when used, so `qcc show`
+never imports TVM. Passes reach a target's cost model only through this interface.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcc.errors import QccError
+from qcc.ir.graph import Graph, Node
+
+__all__ = ["Target", "LegalBits", "LayerCost", "CostReport", "Artifacts", "register_target",
+           "registered_targets", "get_target", "PLANNED_TARGETS"]
+
+
+@dataclass(frozen=True)
+class LegalBits:
+    """What a target executes for one node: bit-widths per operand and the schemes it supports."""
+
+    weight_bits: tuple[int, ...]
+    activation_bits: tuple[int, ...]
+    schemes: tuple[str, ...] = ("uniform",)
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One layer's cost; `fields` holds the target's own figures (energy_pj, cycles, luts, ...)."""
+
+    name: str
+    op: str
+    fields: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CostReport:
+    layers: tuple[LayerCost, ...]
+    totals: Mapping[str, float]
+    units: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What `lower` wrote: the output folder and the files in it, by role."""
+
+    directory: Path
+    files: Mapping[str, Path]
+    target: str
+
+
+class Target(ABC):
+    """A backend. Subclasses set `name` and implement every method."""
+
+    name: str = ""
+
+    @abstractmethod
+    def legal_bits(self, node: Node) -> LegalBits: ...
+
+    @property
+    @abstractmethod
+    def default_pipeline(self) -> str: ...
+
+    @abstractmethod
+    def cost(self, graph: Graph) -> CostReport: ...
+
+    @abstractmethod
+    def lower(self, graph: Graph, out_dir: Path) -> Artifacts: ...
+
+    @abstractmethod
+    def simulate(self, artifacts: Artifacts, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+# Targets the project plans; a name here without a registered implementation gets a clear message.
+PLANNED_TARGETS = {"cpu": "TVM with bit-serial kernels", "cim": "compute-in-memory crossbars",
+                   "fpga": "Verilog dataflow netlists"}
+
+_TARGETS: dict[str, str] = {}
+
+
+def register_target(name: str, target: str | type[Target]) -> None:
+    if isinstance(target, type):
+        target = f"{target.__module__}:{target.__qualname__}"
+    _TARGETS[name] = target
+
+
+def registered_targets() -> list[str]:
+    for ep in entry_points(group="qcc.targets"):
+        _TARGETS.setdefault(ep.name, ep.value)
+    return sorted(_TARGETS)
+
+
+def get_target(name: str, **options: Any) -> Target:
+    available = registered_targets()
+    if name not in _TARGETS:
+        if name in PLANNED_TARGETS:
+            raise QccError(f"target '{name}' ({PLANNED_TARGETS[name]}) is not available in this version of "
+                           f"qcc yet; available targets: {', '.join(available) or 'none'}")
+        raise QccError(f"unknown target '{name}'; known targets: "
+                       f"{', '.join(sorted(set(available) | set(PLANNED_TARGETS)))}")
+    module_name, _, class_name = _TARGETS[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**options)
