@@ -5,7 +5,8 @@ from __future__ import annotations
 from qcc.errors import ShapeError
 from qcc.ir.types import Dim, TensorType
 
-__all__ = ["broadcast", "conv_out", "norm_axis", "same_dtype", "spatial_defaults"]
+__all__ = ["broadcast", "conv_out", "dim_product", "dim_sum", "norm_axes", "norm_axis", "same_dtype",
+           "spatial_defaults"]
 
 
 def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
@@ -46,6 +47,44 @@ def norm_axis(axis: int, rank: int, *, allow_end: bool = False) -> int:
     if not -hi <= axis < hi:
         raise ShapeError(f"axis {axis} out of range for rank {rank}")
     return axis + hi if axis < 0 else axis
+
+
+def norm_axes(axes: list[int], rank: int, *, what: str = "axes") -> list[int]:
+    """Normalise possibly negative axes against `rank`; repeated axes are an error."""
+    out = [norm_axis(a, rank) for a in axes]
+    if len(set(out)) != len(out):
+        raise ShapeError(f"{what} {axes} repeat an axis (rank {rank})")
+    return out
+
+
+def dim_product(dims: tuple[Dim, ...] | list[Dim]) -> Dim:
+    """Product of dims; with symbolic factors, a derived name such as 'N_x_16' (a single 'N' stays 'N')."""
+    known = 1
+    names: list[str] = []
+    for d in dims:
+        if isinstance(d, str):
+            names.append(d)
+        else:
+            known *= d
+    if not names or known == 0:
+        return known
+    if known == 1 and len(names) == 1:
+        return names[0]
+    return "_x_".join(names + ([str(known)] if known != 1 else []))
+
+
+def dim_sum(dims: tuple[Dim, ...] | list[Dim]) -> Dim:
+    """Sum of dims (ints may be negative); with symbolic terms, a derived name such as 'N_plus_3'."""
+    known = sum(d for d in dims if isinstance(d, int))
+    names = [d for d in dims if isinstance(d, str)]
+    if not names:
+        return known
+    name = "_plus_".join(names)
+    if known > 0:
+        return f"{name}_plus_{known}"
+    if known < 0:
+        return f"{name}_minus_{-known}"
+    return name
 
 
 def same_dtype(types: list[TensorType | None]) -> str:

@@ -6,10 +6,10 @@ import numpy as np
 
 from qcc.errors import ShapeError
 from qcc.ir.types import TensorType
-from qcc.ops._shapes import conv_out, same_dtype, spatial_defaults
+from qcc.ops._shapes import broadcast, conv_out, same_dtype, spatial_defaults
 from qcc.ops.registry import AttrSpec, OpDef, register
 
-__all__: list[str] = []
+__all__ = ["windows"]
 
 
 def _conv_pads_default(in_types):
@@ -121,8 +121,6 @@ def _gemm_infer(in_types, attrs):
     if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
         raise ShapeError(f"inner dims differ: {list(a.shape)} x {list(b.shape)}")
     if c is not None:
-        from qcc.ops._shapes import broadcast
-
         if broadcast(c.shape, (m, n)) != (m, n):
             raise ShapeError(f"bias {list(c.shape)} does not broadcast to {[m, n]}")
     return [TensorType((m, n), same_dtype([a, b]))]
@@ -159,4 +157,80 @@ register(OpDef(
     evaluate=_gemm_eval,
     macs=_gemm_macs,
     doc="Y = alpha * A' B' + beta * C (fully connected layer).",
+))
+
+
+def _matmul_infer(in_types, attrs):
+    a, b = in_types[0], in_types[1]
+    if a.rank == 0 or b.rank == 0:
+        raise ShapeError(f"MatMul needs inputs of rank >= 1, got ranks {a.rank} and {b.rank}")
+    ash = a.shape if a.rank > 1 else (1, a.shape[0])
+    bsh = b.shape if b.rank > 1 else (b.shape[0], 1)
+    ka, kb = ash[-1], bsh[-2]
+    if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
+        raise ShapeError(f"inner dims differ: {list(a.shape)} x {list(b.shape)}")
+    try:
+        batch = broadcast(ash[:-2], bsh[:-2])
+    except ShapeError:
+        raise ShapeError(f"batch dims of {list(a.shape)} and {list(b.shape)} do not broadcast") from None
+    rows = (ash[-2],) if a.rank > 1 else ()
+    cols = (bsh[-1],) if b.rank > 1 else ()
+    return [TensorType((*batch, *rows, *cols), same_dtype([a, b]))]
+
+
+def _matmul_eval(args, attrs):
+    return [np.matmul(args[0], args[1])]
+
+
+def _matmul_macs(in_types, out_types, attrs):
+    a = in_types[0]
+    k = a.shape[-1]
+    k = 1 if isinstance(k, str) else k
+    return out_types[0].numel() * k
+
+
+register(OpDef(
+    name="MatMul",
+    inputs=("A", "B"),
+    infer=_matmul_infer,
+    evaluate=_matmul_eval,
+    macs=_matmul_macs,
+    doc="Matrix product with numpy matmul semantics (1-d operands promoted, batch dims broadcast).",
+))
+
+
+def _batchnorm_infer(in_types, attrs):
+    x = in_types[0]
+    if x.rank < 2:
+        raise ShapeError(f"BatchNormalization needs an input of rank >= 2 (N, C, ...), got rank {x.rank}")
+    channels = x.shape[1]
+    for name, t in zip(("scale", "B", "mean", "var"), in_types[1:]):
+        if t.rank != 1:
+            raise ShapeError(f"{name} must be 1-d, got shape {list(t.shape)}")
+        n = t.shape[0]
+        if isinstance(n, int) and isinstance(channels, int) and n != channels:
+            raise ShapeError(f"{name} has {n} entries but the input has {channels} channels")
+    return [TensorType(x.shape, same_dtype(in_types))]
+
+
+def _batchnorm_eval(args, attrs):
+    x, scale, bias, mean, var = args
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + attrs["epsilon"])
+    y = (x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+    return [y.astype(x.dtype, copy=False)]
+
+
+def _batchnorm_macs(in_types, out_types, attrs):
+    return out_types[0].numel()
+
+
+register(OpDef(
+    name="BatchNormalization",
+    inputs=("X", "scale", "B", "mean", "var"),
+    attrs={"epsilon": AttrSpec("float", 1e-5)},
+    infer=_batchnorm_infer,
+    evaluate=_batchnorm_eval,
+    macs=_batchnorm_macs,
+    doc="Inference batch norm over axis 1: Y = (X - mean) / sqrt(var + epsilon) * scale + B.",
 ))
