@@ -224,6 +224,9 @@ class _ToRecords(Transformer):
     def list(self, children):
         return list(children)
 
+    def numlist(self, children):
+        return [_number(x.strip()) for x in children[0][1:-1].split(",")]
+
     def number(self, children):
         return _number(children[0])
 
@@ -249,9 +252,9 @@ class _ToRecords(Transformer):
         return float("nan")
 
 
-def _number(tok: Token) -> int | float:
+def _number(tok: Token | str) -> int | float:
     text = str(tok)
-    if any(c in text for c in ".eE"):
+    if any(c in text for c in ".eEn"):  # a decimal point, an exponent, inf or nan
         return float(text)
     return int(text)
 
