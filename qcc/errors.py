@@ -10,6 +10,7 @@ __all__ = [
     "ShapeError",
     "PassError",
     "ModelImportError",
+    "ModelExportError",
 ]
 
 
@@ -55,6 +56,10 @@ class ShapeError(VerifyError):
 
 class ModelImportError(QccError):
     """A model file that cannot be imported (malformed, unsafe external data, bad opset)."""
+
+
+class ModelExportError(QccError):
+    """A graph that cannot be written in the requested model format (op, annotation or opset)."""
 
 
 class PassError(QccError):

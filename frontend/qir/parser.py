@@ -1,10 +1,10 @@
 """Parse .qir text back into a Graph.
 
-Two steps: the LALR parser (grammar.lark) with an inline transformer turns the text into small
-records that keep their tokens for error positions; the builder then creates the Graph through
-its public API (add_input, add_constant, add_node with the declared output types and names),
-checks each node's declared types against the op registry at the node's line, and finally runs the
-IR verifier, mapping its errors back to the line that defines the named node or value.
+Two steps: syntax.py (the LALR parser of grammar.lark with an inline transformer) turns the text
+into small records that keep their tokens for error positions; the builder here creates the Graph
+through its public API (add_input, add_constant, add_node with the declared output types and
+names), checks each node's declared types against the op registry at the node's line, and finally
+runs the IR verifier, mapping its errors back to the line that defines the named node or value.
 
 Every user error is a ParseError with a 1-based line and column, except an unknown op type, which
 is an `UnknownOpError` (both an UnsupportedOpError, since the op registry is the source of truth,
@@ -13,29 +13,24 @@ and a ParseError, so it carries the position too).
 
 from __future__ import annotations
 
-import functools
-import json
 import re
+import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark import Token
 
-from qcc.errors import ParseError, UnsupportedOpError, VerifyError
+from qcc.errors import ParseError, ShapeError, UnsupportedOpError, VerifyError
+from qcc.frontend.qir.syntax import VERSION, Const, Located, Module, Op, Result, Stmt, label_of, read_records
 from qcc.ir.graph import Graph, Value
-from qcc.ir.quant import QuantSpec, Region, spec_from_dict
-from qcc.ir.types import DTYPES, TensorType
+from qcc.ir.quant import QuantSpec
+from qcc.ir.types import TensorType
 from qcc.ir.verify import verify
-from qcc.ops import get_op
+from qcc.ops import OpDef, get_op
 
 __all__ = ["VERSION", "UnknownOpError", "parse_graph", "load", "declared_constants"]
-
-VERSION = 1
 
 
 class UnknownOpError(UnsupportedOpError, ParseError):
@@ -47,305 +42,18 @@ class UnknownOpError(UnsupportedOpError, ParseError):
         self.node_name = error.node_name
 
 
-class _Located(Exception):
-    """Internal: a reason at a token, turned into a ParseError once the source name is known."""
-
-    def __init__(self, reason: str, token: Token | None):
-        super().__init__(reason)
-        self.reason = reason
-        self.line = getattr(token, "line", None)
-        self.column = getattr(token, "column", None)
-
-
-# ------------------------------------------------------------------------------------ records
-@dataclass
-class _Result:
-    """A defined value: `%label: type annotations`."""
-
-    token: Token
-    label: str
-    type: TensorType
-    quant: QuantSpec | None = None
-    region: Region | None = None
-
-
-@dataclass
-class _Const:
-    token: Token
-    handle: str
-
-
-@dataclass
-class _Op:
-    op_token: Token
-    name_token: Token
-    name: str
-    operands: list[Token | None]
-    attrs: dict[str, Any]
-
-
-@dataclass
-class _Stmt:
-    results: list[_Result]
-    rhs: _Const | _Op
-
-
-@dataclass
-class _Module:
-    version: Token
-    name: str
-    params: list[_Result]
-    outputs: list[Token]
-    stmts: list[_Stmt]
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Annot:
-    kind: str
-    token: Token
-    spec: QuantSpec | Region
-
-
-# ------------------------------------------------------------------------------- transformer
-def _string(token: Token) -> str:
-    try:
-        return json.loads(token)
-    except json.JSONDecodeError as e:
-        raise _Located(f"bad string literal {token}: {e.msg}", token) from None
-
-
-def label_of(token: Token) -> str:
-    """The name inside a `%name` or `%"quoted name"` token."""
-    body = token[1:]
-    return _string(Token("STRING", body, line=token.line, column=token.column)) if body[0] == '"' else body
-
-
-class _ToRecords(Transformer):
-    """Inline transformer: tree nodes become plain values and records (keeps tokens for positions)."""
-
-    def start(self, children):
-        version, graph, *rest = children
-        graph.version = version
-        if rest:
-            graph.attrs = rest[0]
-        return graph
-
-    def graph(self, children):
-        name_tok, *items = children
-        params = [c for c in items if isinstance(c, _Result)]
-        outputs = [c for c in items if isinstance(c, Token)]
-        stmts = [c for c in items if isinstance(c, _Stmt)]
-        return _Module(version=None, name=_string(name_tok), params=params, outputs=outputs,  # type: ignore[arg-type]
-                       stmts=stmts)
-
-    def graph_attrs(self, children):
-        return children[0]
-
-    def stmt(self, children):
-        *results, rhs = children
-        return _Stmt(results, rhs)
-
-    def result(self, children):
-        token, type_, *annots = children
-        res = _Result(token, label_of(token), type_)
-        for a in annots:
-            if getattr(res, a.kind) is not None:
-                raise _Located(f"value {token} has two '{'quant' if a.kind == 'quant' else 'crop'}' "
-                               f"annotations", a.token)
-            setattr(res, a.kind, a.spec)
-        return res
-
-    def const(self, children):
-        _, handle = children
-        return _Const(handle, _string(handle))
-
-    def op(self, children):
-        op_tok, name_tok, *rest = children
-        attrs = rest.pop() if rest and isinstance(rest[-1], dict) else {}
-        for key in attrs:
-            if not isinstance(key, str):
-                raise _Located(f"attribute name {key!r} of node {name_tok} must be a name, not a number",
-                               op_tok)
-        return _Op(op_tok, name_tok, _string(name_tok), rest, attrs)
-
-    def operand(self, children):
-        tok = children[0]
-        return None if tok.type == "ABSENT" else tok
-
-    def annot(self, children):
-        kw, scheme, values = children
-        if kw.type == "CROP":
-            if scheme != "region":
-                raise _Located(f"expected 'region' after 'crop', got '{scheme}'", scheme)
-            return _Annot("region", scheme, _spec("region", values, scheme))
-        if scheme == "region":
-            raise _Located("a region is not a number format; write it as 'crop region{...}'", scheme)
-        return _Annot("quant", scheme, _spec(str(scheme), values, scheme))
-
-    def type(self, children):
-        dtype, *dims = children
-        if dtype not in DTYPES:
-            raise _Located(f"unknown dtype '{dtype}'; known: {', '.join(DTYPES)}", dtype)
-        return TensorType(tuple(dims), DTYPES[dtype])
-
-    def dim(self, children):
-        tok = children[0]
-        if tok.type == "IDENT":
-            return str(tok)
-        value = _number(tok)
-        if not isinstance(value, int) or value < 0:
-            raise _Located(f"dimension {tok} must be a non-negative integer or a name", tok)
-        return value
-
-    def dict(self, children):
-        out: dict[Any, Any] = {}
-        for key, key_tok, value in children:
-            if key in out:
-                raise _Located(f"duplicate key {key_tok}", key_tok)
-            out[key] = value
-        return out
-
-    def entry(self, children):
-        key_tok, value = children
-        return key_tok[0], key_tok[1], value
-
-    def key(self, children):
-        tok = children[0]
-        if tok.type == "STRING":
-            return _string(tok), tok
-        if tok.type == "NUMBER":
-            value = _number(tok)
-            if not isinstance(value, int):
-                raise _Located(f"dictionary key {tok} must be a name, a string or an integer", tok)
-            return value, tok
-        return str(tok), tok
-
-    def list(self, children):
-        return list(children)
-
-    def numlist(self, children):
-        return [_number(x.strip()) for x in children[0][1:-1].split(",")]
-
-    def number(self, children):
-        return _number(children[0])
-
-    def string(self, children):
-        return _string(children[0])
-
-    def true(self, _):
-        return True
-
-    def false(self, _):
-        return False
-
-    def none(self, _):
-        return None
-
-    def inf(self, _):
-        return float("inf")
-
-    def neg_inf(self, _):
-        return float("-inf")
-
-    def nan(self, _):
-        return float("nan")
-
-
-def _number(tok: Token | str) -> int | float:
-    text = str(tok)
-    if any(c in text for c in ".eEn"):  # a decimal point, an exponent, inf or nan
-        return float(text)
-    return int(text)
-
-
-def _spec(scheme: str, values: dict[str, Any], token: Token) -> QuantSpec | Region:
-    if any(not isinstance(k, str) for k in values):
-        raise _Located(f"{scheme}: field names must be names", token)
-    try:
-        return spec_from_dict(scheme, values)
-    except (VerifyError, TypeError, ValueError) as e:
-        raise _Located(str(e), token) from None
-
-
-# ------------------------------------------------------------------------------------ syntax
-@functools.cache
-def _parser() -> Lark:
-    grammar = resources.files("qcc.frontend.qir").joinpath("grammar.lark").read_text(encoding="utf-8")
-    return Lark(grammar, parser="lalr", lexer="contextual", transformer=_ToRecords(),
-                maybe_placeholders=False)
-
-
-_DESCRIBE = {"VALUE": "a value (%name)", "STRING": "a string", "NUMBER": "a number", "IDENT": "a name",
-             "$END": "end of input"}
-
-
-def _describe(terminal: str) -> str:
-    if terminal in _DESCRIBE:
-        return _DESCRIBE[terminal]
-    for t in _parser().terminals:
-        if t.name == terminal:
-            return f"'{t.pattern.value}'" if t.pattern.type == "str" else terminal.lower()
-    return terminal.lower()
-
-
-def _expected(names: set[str] | frozenset[str]) -> str:
-    items = sorted({_describe(n) for n in names})
-    if len(items) > 8:
-        return ""
-    if len(items) == 1:
-        return f"expected {items[0]}"
-    return f"expected {', '.join(items[:-1])} or {items[-1]}"
-
-
-def _syntax_error(e: UnexpectedInput, text: str, source: str | None) -> ParseError:
-    if isinstance(e, UnexpectedCharacters):
-        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else ""
-        reason = "unterminated string" if char == '"' else f"unexpected character {char!r}"
-        expected = _expected(e.allowed or set())
-        reason = f"{reason}; {expected}" if expected else reason
-        return ParseError(reason, line=e.line, column=e.column, source=source)
-    if isinstance(e, UnexpectedToken) and e.token.type != "$END":
-        got = str(e.token)
-        got = got if len(got) <= 30 else got[:27] + "..."
-        expected = _expected(e.expected)
-        reason = f"{expected}, got '{got}'" if expected else f"unexpected '{got}'"
-        return ParseError(reason, line=e.line, column=e.column, source=source)
-    expected = _expected(getattr(e, "expected", None) or set())
-    reason = "unexpected end of input" + (f"; {expected}" if expected else "")
-    line, column = _end_position(text)
-    return ParseError(reason, line=line, column=column, source=source)
-
-
-def _end_position(text: str) -> tuple[int, int]:
-    lines = text.split("\n")
-    return len(lines), len(lines[-1]) + 1
-
-
-def _records(text: str, source: str | None) -> _Module:
-    try:
-        module = _parser().parse(text)
-    except _Located as e:
-        raise ParseError(e.reason, line=e.line, column=e.column, source=source) from None
-    except (UnexpectedInput, UnexpectedEOF) as e:
-        raise _syntax_error(e, text, source) from None
-    if _number(module.version) != VERSION:
-        raise ParseError(f"unsupported qir version {module.version} (this qcc reads version {VERSION})",
-                         line=module.version.line, column=module.version.column, source=source)
-    return module
-
-
 # ----------------------------------------------------------------------------------- builder
 class _Builder:
-    """Creates the Graph from the records; raises _Located for every user error."""
+    """Creates the Graph from the records; raises Located for every user error."""
 
-    def __init__(self, module: _Module, weights: Mapping[str, np.ndarray]):
+    def __init__(self, module: Module, weights: Mapping[str, np.ndarray]):
         self.module = module
         self.weights = weights
         self.graph = Graph(module.name)
         self.values: dict[str, Value] = {}       # label -> value
         self.defined_at: dict[str, Token] = {}   # label -> defining token
-        self.locations: dict[str, Token] = {}    # value or node name -> token (for verifier errors)
+        self.value_locations: dict[str, Token] = {}  # value name -> defining token (verifier errors)
+        self.node_locations: dict[str, Token] = {}   # node name -> op token
         self.node_names: dict[str, Token] = {}
 
     def build(self) -> Graph:
@@ -355,7 +63,7 @@ class _Builder:
             value = self.graph.add_input(names[res.label], res.type, quant=res.quant)
             self._bind(res, value)
         for stmt in self.module.stmts:
-            if isinstance(stmt.rhs, _Const):
+            if isinstance(stmt.rhs, Const):
                 self._add_constant(stmt, names)
             else:
                 self._add_node(stmt, names)
@@ -368,11 +76,11 @@ class _Builder:
         for res in self._all_results():
             prev = self.defined_at.get(res.label)
             if prev is not None:
-                raise _Located(f"value {res.token} is already defined on line {prev.line}", res.token)
+                raise Located(f"value {res.token} is already defined on line {prev.line}", res.token)
             self.defined_at[res.label] = res.token
         for tok in self.module.outputs:
             if label_of(tok) not in self.defined_at:
-                raise _Located(f"undefined value {tok} in the graph outputs", tok)
+                raise Located(f"undefined value {tok} in the graph outputs", tok)
 
     def _all_results(self):
         yield from self.module.params
@@ -384,22 +92,22 @@ class _Builder:
         names: dict[str, str] = {}
         owner: dict[str, Token] = {}
 
-        def claim(label: str, name: str, token: Token) -> None:
-            if name in owner and names.get(label) != name:
-                raise _Located(f"name '{name}' of {token} is already used on line {owner[name].line}", token)
+        def claim(label: str, name: str, token: Token, what: str) -> None:
+            if name in owner:
+                raise Located(f"{what} '{name}' is already used as a name on line {owner[name].line}", token)
             names[label] = name
             owner[name] = token
 
         for res in self.module.params:
-            claim(res.label, res.label, res.token)
+            claim(res.label, res.label, res.token, "graph input")
+        constants = {s.results[0].label for s in self.module.stmts if isinstance(s.rhs, Const)}
         for tok in self.module.outputs:
             label = label_of(tok)
-            const = self._const_of(label)
-            if const is None and label not in names:
-                claim(label, label, self.defined_at[label])
+            if label not in names and label not in constants:
+                claim(label, label, self.defined_at[label], "graph output")
         for stmt in self.module.stmts:
-            if isinstance(stmt.rhs, _Const) and len(stmt.results) == 1:
-                claim(stmt.results[0].label, stmt.rhs.handle, stmt.rhs.token)
+            if isinstance(stmt.rhs, Const) and len(stmt.results) == 1:
+                claim(stmt.results[0].label, stmt.rhs.handle, stmt.rhs.token, "weight handle")
         for stmt in self.module.stmts:
             for res in stmt.results:
                 if res.label not in names:
@@ -407,41 +115,40 @@ class _Builder:
                     owner[names[res.label]] = res.token
         return names
 
-    def _const_of(self, label: str) -> _Const | None:
-        for stmt in self.module.stmts:
-            if isinstance(stmt.rhs, _Const) and stmt.results[0].label == label:
-                return stmt.rhs
-        return None
-
-    def _bind(self, res: _Result, value: Value) -> None:
+    def _bind(self, res: Result, value: Value) -> None:
         value.region = res.region
         self.values[res.label] = value
-        self.locations.setdefault(value.name, res.token)
+        self.value_locations[value.name] = res.token
 
     # ---- definitions
-    def _add_constant(self, stmt: _Stmt, names: dict[str, str]) -> None:
+    def _add_constant(self, stmt: Stmt, names: dict[str, str]) -> None:
         const = stmt.rhs
         if len(stmt.results) != 1:
-            raise _Located("a constant defines exactly one value", stmt.results[1].token)
+            raise Located("a constant defines exactly one value", stmt.results[1].token)
         res = stmt.results[0]
         if const.handle not in self.weights:
-            raise _Located(f"missing weight '{const.handle}' (no array with that handle in the weights)",
+            raise Located(f"missing weight '{const.handle}' (no array with that handle in the weights)",
                            const.token)
-        array = np.asarray(self.weights[const.handle])
+        try:
+            array = np.asarray(self.weights[const.handle])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise Located(f"cannot read weight '{const.handle}': {e}", const.token) from None
         try:
             actual = TensorType.of(array)
         except VerifyError as e:
-            raise _Located(f"weight '{const.handle}': {e}", const.token) from None
+            raise Located(f"weight '{const.handle}': {e}", const.token) from None
         if actual != res.type:
-            raise _Located(f"weight '{const.handle}' is {actual} but {res.token} is declared {res.type}",
+            raise Located(f"weight '{const.handle}' is {actual} but {res.token} is declared {res.type}",
                            const.token)
         value = self.graph.add_constant(names[res.label], array, quant=res.quant)
         self._bind(res, value)
 
-    def _add_node(self, stmt: _Stmt, names: dict[str, str]) -> None:
+    def _add_node(self, stmt: Stmt, names: dict[str, str]) -> None:
         op = stmt.rhs
+        if not op.name:
+            raise Located("a node name must not be empty", op.name_token)
         if op.name in self.node_names:
-            raise _Located(f"node name \"{op.name}\" is already used on line {self.node_names[op.name].line}",
+            raise Located(f"node name \"{op.name}\" is already used on line {self.node_names[op.name].line}",
                            op.name_token)
         self.node_names[op.name] = op.name_token
         inputs = [self._operand(tok) for tok in op.operands]
@@ -451,15 +158,16 @@ class _Builder:
             raise _UnknownOp(e, op.op_token) from None
         in_types = [v.type if v is not None else None for v in inputs]
         try:
+            _check_inputs(opdef, in_types, op.name)
             attrs = opdef.complete_attrs(op.attrs, in_types)
             inferred = opdef.infer_types(in_types, attrs, node_name=op.name)
         except VerifyError as e:
-            raise _Located(str(e), op.op_token) from None
+            raise Located(str(e), op.op_token) from None
         self._check_declared(stmt, op, inferred)
         node = self.graph.add_node(str(op.op_token), inputs, attrs=attrs, name=op.name,
                                    output_types=[r.type for r in stmt.results],
                                    output_names=[names[r.label] for r in stmt.results])
-        self.locations[node.name] = op.op_token
+        self.node_locations[node.name] = op.op_token
         for res, value in zip(stmt.results, node.outputs):
             value.quant = res.quant
             self._bind(res, value)
@@ -472,28 +180,31 @@ class _Builder:
         if value is not None:
             return value
         if label in self.defined_at:
-            raise _Located(f"value {tok} is used before its definition on line {self.defined_at[label].line}",
+            raise Located(f"value {tok} is used before its definition on line {self.defined_at[label].line}",
                            tok)
-        raise _Located(f"undefined value {tok}", tok)
+        raise Located(f"undefined value {tok}", tok)
 
     @staticmethod
-    def _check_declared(stmt: _Stmt, op: _Op, inferred: list[TensorType]) -> None:
+    def _check_declared(stmt: Stmt, op: Op, inferred: list[TensorType]) -> None:
         if len(inferred) != len(stmt.results):
-            raise _Located(f"node \"{op.name}\" ({op.op_token}) defines {len(inferred)} outputs, "
+            raise Located(f"node \"{op.name}\" ({op.op_token}) defines {len(inferred)} outputs, "
                            f"{len(stmt.results)} are declared", stmt.results[0].token)
         for res, t in zip(stmt.results, inferred):
             if not _compatible(res.type, t):
-                raise _Located(f"node \"{op.name}\" ({op.op_token}): output {res.token} is declared "
+                raise Located(f"node \"{op.name}\" ({op.op_token}): output {res.token} is declared "
                                f"{res.type} but the op infers {t} (shape mismatch)", res.token)
 
     def _output_values(self) -> list[Value]:
         return [self.values[label_of(tok)] for tok in self.module.outputs]
 
     def locate(self, message: str) -> Token | None:
-        """The defining token of the first node or value the verifier's message names."""
+        """The defining token of the node, else the value, that a verifier message names first."""
+        for name in re.findall(r"node '([^']*)'", message):
+            if name in self.node_locations:
+                return self.node_locations[name]
         for name in re.findall(r"'([^']*)'", message):
-            if name in self.locations:
-                return self.locations[name]
+            if name in self.value_locations:
+                return self.value_locations[name]
         return None
 
 
@@ -502,6 +213,15 @@ class _UnknownOp(Exception):
         super().__init__(str(error))
         self.error = error
         self.token = token
+
+
+def _check_inputs(opdef: OpDef, in_types: list[TensorType | None], node_name: str) -> None:
+    """Arity and required inputs, before attribute defaults are computed from the input types."""
+    opdef.check_arity(len(in_types), node_name)
+    required = [i for i in opdef.inputs if not i.endswith(("?", "*"))]
+    for name, t in zip(required, in_types):
+        if t is None:
+            raise ShapeError(f"node '{node_name}' ({opdef.name}): required input '{name}' is missing")
 
 
 def _fresh(label: str, taken: Mapping[str, Any]) -> str:
@@ -524,11 +244,11 @@ def _compatible(declared: TensorType, inferred: TensorType) -> bool:
 def parse_graph(text: str, weights: Mapping[str, np.ndarray] | None = None,
                 source: str | None = None) -> Graph:
     """Parse .qir text; constants take their arrays from `weights` by handle. Verifies the graph."""
-    module = _records(text, source)
+    module = read_records(text, source)
     builder = _Builder(module, weights if weights is not None else {})
     try:
         graph = builder.build()
-    except _Located as e:
+    except Located as e:
         raise ParseError(e.reason, line=e.line, column=e.column, source=source) from None
     except _UnknownOp as e:
         raise UnknownOpError(e.error, line=e.token.line, column=e.token.column, source=source) from None
@@ -546,9 +266,9 @@ def declared_constants(text: str, source: str | None = None) -> dict[str, tuple[
 
     Lets tools and tests make or check weights for a hand-written .qir file.
     """
-    module = _records(text, source)
+    module = read_records(text, source)
     return {s.rhs.handle: (s.results[0].type, s.results[0].quant)
-            for s in module.stmts if isinstance(s.rhs, _Const)}
+            for s in module.stmts if isinstance(s.rhs, Const)}
 
 
 def load(path: str | Path) -> Graph:
@@ -563,7 +283,7 @@ def load(path: str | Path) -> Graph:
         return parse_graph(text, {}, source=str(path))
     try:
         archive = np.load(npz, allow_pickle=False)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ParseError(f"cannot read weights {npz}: {e}", source=str(path)) from None
     with archive:
         return parse_graph(text, _FrozenArrays(archive), source=str(path))

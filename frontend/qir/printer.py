@@ -18,16 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from qcc.errors import VerifyError
-from qcc.io import atomic_writes, npz_bytes
+from qcc.errors import QccError, VerifyError
+from qcc.io import atomic_writes, write_npz
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import QuantSpec, Region, spec_to_dict
 from qcc.ir.types import TensorType
 
 __all__ = ["print_graph", "format_attr", "save"]
 
-_BARE_LABEL = re.compile(r"^[A-Za-z0-9_]+$")
-_BARE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BARE_LABEL = re.compile(r"[A-Za-z0-9_]+")
+_BARE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 # ------------------------------------------------------------------------------ attributes
@@ -53,7 +53,7 @@ def _key(k: Any) -> str:
         raise VerifyError(f"dictionary key {k!r} is not a string or an integer, so it cannot be printed")
     if not isinstance(k, str):
         return str(int(k))
-    return k if _BARE_KEY.match(k) else _string(k)
+    return k if _BARE_KEY.fullmatch(k) else _string(k)
 
 
 def _sort_key(k: Any) -> tuple[bool, Any]:
@@ -112,7 +112,7 @@ def _type(t: TensorType) -> str:
 
 # ---------------------------------------------------------------------------------- labels
 def _label(name: str) -> str:
-    return "%" + (name if _BARE_LABEL.match(name) else _string(name))
+    return "%" + (name if _BARE_LABEL.fullmatch(name) else _string(name))
 
 
 class _Labels:
@@ -212,8 +212,10 @@ def save(graph: Graph, path: str | Path) -> None:
     Both files appear complete or not at all; the same graph gives byte-identical files.
     """
     path = Path(path)
+    if path.suffix == ".npz":
+        raise QccError(f"cannot save a graph as {path}: that name is for its weights; use a .qir name")
     text = print_graph(graph).encode("utf-8")
-    weights = npz_bytes({c.name: c.data for c in graph.constants})
+    arrays = {c.name: c.data for c in graph.constants}
     with atomic_writes(path.with_suffix(".npz"), path) as (npz_tmp, qir_tmp):
-        npz_tmp.write_bytes(weights)
+        write_npz(npz_tmp, arrays)
         qir_tmp.write_bytes(text)

@@ -43,10 +43,11 @@ def conv_out(size: Dim, kernel: int, stride: int, pad_begin: int, pad_end: int, 
 
 
 def norm_axis(axis: int, rank: int, *, allow_end: bool = False) -> int:
+    """Axis in [-rank, rank) as a non-negative index; allow_end also admits `rank` (Flatten's axis)."""
     hi = rank + 1 if allow_end else rank
-    if not -hi <= axis < hi:
+    if not -rank <= axis < hi:
         raise ShapeError(f"axis {axis} out of range for rank {rank}")
-    return axis + hi if axis < 0 else axis
+    return axis + rank if axis < 0 else axis
 
 
 def norm_axes(axes: list[int], rank: int, *, what: str = "axes") -> list[int]:

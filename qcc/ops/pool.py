@@ -29,11 +29,7 @@ def _window_attrs(attrs) -> tuple[list[int], list[int], list[int], list[int]]:
     return k, attrs["strides"], attrs["pads"], attrs.get("dilations") or [1] * len(k)
 
 
-def _pool_infer(in_types, attrs):
-    x = in_types[0]
-    if x.rank < 3:
-        raise ShapeError(f"pooling needs an input of rank >= 3 (N, C, spatial...), got rank {x.rank}")
-    nsp = x.rank - 2
+def _check_window_attrs(nsp: int, attrs) -> None:
     k, s, p, d = _window_attrs(attrs)
     if len(k) != nsp or len(s) != nsp or len(d) != nsp or len(p) != 2 * nsp:
         raise ShapeError(f"kernel_shape/strides/dilations/pads do not fit {nsp} spatial dims")
@@ -41,13 +37,22 @@ def _pool_infer(in_types, attrs):
         raise ShapeError("kernel_shape, strides and dilations must be >= 1 and pads >= 0")
     if any(p[i] >= k[i] or p[i + nsp] >= k[i] for i in range(nsp)):
         raise ShapeError(f"pads {p} must be smaller than kernel_shape {k}")
-    if attrs["ceil_mode"] not in (0, 1):
-        raise ShapeError(f"ceil_mode must be 0 or 1, got {attrs['ceil_mode']}")
-    if attrs.get("count_include_pad", 0) not in (0, 1):
-        raise ShapeError(f"count_include_pad must be 0 or 1, got {attrs['count_include_pad']}")
+    for flag in ("ceil_mode", "count_include_pad"):
+        if attrs.get(flag, 0) not in (0, 1):
+            raise ShapeError(f"{flag} must be 0 or 1, got {attrs[flag]}")
     if attrs["auto_pad"] != "NOTSET":
         raise ShapeError("auto_pad must be resolved to explicit pads (the frontend does this)")
-    spatial = [conv_out(x.shape[2 + i], k[i], s[i], p[i], p[i + nsp], d[i], ceil_mode=bool(attrs["ceil_mode"]))
+
+
+def _pool_infer(in_types, attrs):
+    x = in_types[0]
+    if x.rank < 3:
+        raise ShapeError(f"pooling needs an input of rank >= 3 (N, C, spatial...), got rank {x.rank}")
+    nsp = x.rank - 2
+    _check_window_attrs(nsp, attrs)
+    k, s, p, d = _window_attrs(attrs)
+    ceil_mode = bool(attrs["ceil_mode"])
+    spatial = [conv_out(x.shape[2 + i], k[i], s[i], p[i], p[i + nsp], d[i], ceil_mode=ceil_mode)
                for i in range(nsp)]
     return [TensorType((*x.shape[:2], *spatial), x.dtype)]
 
