@@ -58,8 +58,9 @@ def _fold_constants(graph: Graph) -> bool:
         if not _foldable(node):
             continue
         results = semantics.evaluate(node, [v.data for v in node.inputs])
-        for out, array in zip(node.outputs, results):
-            const = graph.add_constant(graph.fresh_name(out.name + "_folded"), array.astype(out.type.dtype))
+        for i, (out, array) in enumerate(zip(node.outputs, results)):
+            hint = f"{node.name}.folded" + (f".{i}" if len(node.outputs) > 1 else "")
+            const = graph.add_constant(graph.fresh_name(hint), array.astype(out.type.dtype))
             graph.replace_all_uses(out, const)
         graph.erase(node)
         changed = True

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from qcc.errors import ModelImportError
 from qcc.frontend.onnx import folding
 from qcc.frontend.onnx.importer import Const, Context, Sym, tensor_array
 from qcc.ir.graph import Value

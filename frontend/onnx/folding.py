@@ -224,7 +224,8 @@ def _binary(fn: Callable[[Any, Any], Any], int_fn: Callable[[Any, Any], Any] | N
     def folder(inputs, attrs, opset):
         a, b = inputs[0], inputs[1]
         if is_symbolic(a) or is_symbolic(b):
-            return [_tidy(np.frompyfunc(scalar, 2, 1)(a.astype(object), b.astype(object)).astype(object))]
+            out = np.frompyfunc(scalar, 2, 1)(a.astype(object), b.astype(object))
+            return [_tidy(np.asarray(out, dtype=object))]
         if a.dtype.kind in "iu" and int_fn is not None:
             return [np.asarray(int_fn(a, b)).astype(a.dtype)]
         return [np.asarray(fn(a, b)).astype(np.result_type(a.dtype, b.dtype))]
@@ -237,6 +238,35 @@ def _int_div(a, b):
     q = np.abs(a) // np.abs(b)
     return np.where((np.sign(a) * np.sign(b)) < 0, -q, q) if isinstance(q, np.ndarray) else (
         -q if (a < 0) != (b < 0) else q)
+
+
+def _sym_mul(p, q):
+    if isinstance(p, int | np.integer) and isinstance(q, int | np.integer):
+        return int(p) * int(q)
+    return UNKNOWN
+
+
+_SYM_MUL = np.frompyfunc(_sym_mul, 2, 1)
+
+
+def _reduce_prod(inputs, attrs, opset):
+    """Products of shape vectors (flatten's target); with a symbolic factor the result is UNKNOWN."""
+    x = inputs[0]
+    axes = _axes_operand(inputs, attrs, opset, 18)
+    keep = bool(attrs.get("keepdims", 1))
+    if not axes and attrs.get("noop_with_empty_axes", 0):
+        return [x]
+    axis = tuple(_axis(a, x.ndim) for a in axes) if axes else None
+    if not is_symbolic(x):
+        return [np.prod(x, axis=axis, keepdims=keep).astype(x.dtype)]
+    if axis is not None and len(axis) != 1:
+        raise NotFoldable("symbolic product over several axes")
+    values = x.astype(object)
+    out = np.asarray(_SYM_MUL.reduce(values.reshape(-1) if axis is None else values,
+                                     axis=0 if axis is None else axis[0]), dtype=object)
+    if keep:
+        out = np.expand_dims(out, axis if axis is not None else tuple(range(x.ndim)))
+    return [_tidy(out)]
 
 
 def _neg(inputs, attrs, opset):
@@ -286,6 +316,7 @@ FOLDERS: dict[str, Callable[[list, dict, int], list[np.ndarray]]] = {
     "Mul": _binary(np.multiply),
     "Div": _binary(np.divide, _int_div),
     "Neg": _neg,
+    "ReduceProd": _reduce_prod,
     "Equal": _equal,
     "Where": _where,
     "Transpose": _transpose,

@@ -81,16 +81,6 @@ def test_pytorch_view_chain_with_symbolic_batch_folds_to_copy_dim():
 def test_symbolic_product_becomes_minus_one():
     nodes = [
         helper.make_node("Shape", ["x"], ["s"]),
-        helper.make_node("Slice", ["s", "st", "en"], ["hw"]),
-        helper.make_node("ReduceProd", ["hw"], ["p"], keepdims=1),
-    ]
-    # ReduceProd on a shape is not folded by qcc: a clear error, not a crash.
-    proto = make(nodes + [helper.make_node("Reshape", ["x", "p"], ["y"])], [("x", ["N", 2, 3])], ["y"],
-                 [("st", np.array([0], np.int64)), ("en", np.array([2], np.int64))])
-    with pytest.raises(QccError):
-        import_model(proto)
-    nodes = [
-        helper.make_node("Shape", ["x"], ["s"]),
         helper.make_node("Gather", ["s", "i"], ["n"], axis=0),
         helper.make_node("Mul", ["n", "two"], ["n2"]),
         helper.make_node("Unsqueeze", ["n2", "ax"], ["n3"]),
@@ -101,6 +91,25 @@ def test_symbolic_product_becomes_minus_one():
              ("three", np.array([3], np.int64))]
     graph = check(make(nodes, [("x", ["N", 2, 3])], ["y"], inits), {"x": rand(4, 2, 3)})
     assert graph.nodes[0].attrs["shape"] == [-1, 3]
+
+
+def test_flatten_target_from_a_shape_product():
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Slice", ["s", "zero", "one"], ["n"]),
+        helper.make_node("Slice", ["s", "one", "big"], ["rest"]),
+        helper.make_node("ReduceProd", ["rest"], ["p"], keepdims=1),
+        helper.make_node("Concat", ["n", "p"], ["t"], axis=0),
+        helper.make_node("Reshape", ["x", "t"], ["y"]),
+    ]
+    inits = [("zero", np.array([0], np.int64)), ("one", np.array([1], np.int64)),
+             ("big", np.array([2**62], np.int64))]
+    graph = check(make(nodes, [("x", ["N", 2, 3])], ["y"], inits, opset=13), {"x": rand(4, 2, 3)})
+    assert graph.nodes[0].attrs["shape"] == [0, 6]
+    nodes[3] = helper.make_node("ReduceProd", ["s"], ["p"], keepdims=1)  # N*2*3: unknown -> -1
+    graph = check(make(nodes[:1] + nodes[3:4] + [helper.make_node("Reshape", ["x", "p"], ["y"])],
+                       [("x", ["N", 2, 3])], ["y"], opset=13), {"x": rand(4, 2, 3)})
+    assert graph.nodes[0].attrs["shape"] == [-1]
 
 
 def test_two_runtime_dims_in_a_reshape_target_are_rejected():
@@ -124,8 +133,8 @@ def test_static_shape_chain_folds_to_numbers():
         helper.make_node("Reshape", ["x", "t"], ["y"]),
     ]
     proto = make(nodes, [("x", [2, 3, 4])], ["y"], [("m1", np.array([-1], np.int64))])
-    with pytest.raises(ModelImportError, match="ReduceProd"):
-        import_model(proto)  # ReduceProd is not an op qcc folds or runs
+    graph = check(proto, {"x": rand(2, 3, 4)})
+    assert graph.nodes[0].attrs["shape"] == [-1, 12]
     nodes[3] = helper.make_node("Slice", ["si", "st", "en"], ["p"])
     proto = make(nodes, [("x", [2, 3, 4])], ["y"], [("m1", np.array([-1], np.int64)),
                                                    ("st", np.array([-1], np.int64)),

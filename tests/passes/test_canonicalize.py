@@ -72,3 +72,14 @@ def test_preserves_outputs_on_random_graphs(data):
     got = run(g, x, mode="fake")
     for k in expected:
         np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_bad_options_are_user_errors():
+    import pytest
+
+    from qcc.errors import QccError
+
+    with pytest.raises(QccError, match=r"canonicalize\{fold-constants\}: expected bool"):
+        run_pipeline(_graph_with_constant_work(), "canonicalize{fold-constants=maybe}")
+    with pytest.raises(QccError, match="has no option 'fold'"):
+        run_pipeline(_graph_with_constant_work(), "canonicalize{fold=true}")

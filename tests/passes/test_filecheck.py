@@ -1,0 +1,36 @@
+"""Text tests for passes: each tests/filecheck/<pass>.qir holds a `# RUN: <pipeline>` line, the input
+IR, a `# ----- expected` line and the exact IR the pipeline must print. Weights for the input are
+made deterministically from the declared constant types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qcc.frontend.qir import declared_constants, parse_graph, print_graph
+from qcc.pass_manager import run_pipeline
+
+CASES = sorted((Path(__file__).parents[1] / "filecheck").glob("*.qir"))
+SEPARATOR = "# ----- expected"
+
+
+def _weights(text: str) -> dict[str, np.ndarray]:
+    out = {}
+    for i, (handle, (ttype, _)) in enumerate(sorted(declared_constants(text).items())):
+        n = ttype.numel()
+        data = ((np.arange(n) * 7 + i) % 11 - 5) * 0.25
+        out[handle] = data.reshape(ttype.concrete()).astype(ttype.dtype)
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
+def test_filecheck(case: Path):
+    text = case.read_text()
+    run_line = next(line for line in text.splitlines() if line.startswith("# RUN:"))
+    pipeline = run_line.removeprefix("# RUN:").strip()
+    source, expected = text.split(SEPARATOR + "\n")
+    graph = parse_graph(source, _weights(source), source=str(case))
+    run_pipeline(graph, pipeline)
+    assert print_graph(graph) == expected
