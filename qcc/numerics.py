@@ -3,6 +3,9 @@
 Rounding: round half to even everywhere (`np.rint`). It is what ONNX QuantizeLinear specifies, so a
 QDQ export run by onnxruntime matches qcc bit for bit, and it has no bias on symmetric data.
 Saturation: clip to [qmin, qmax] of the target format after rounding.
+Quantization divides in the input's float type (float32), not float64: onnxruntime divides in
+float32, and a float64 quotient can land on the other side of a .5 tie (6.079439 / 2.4317756 is
+exactly 2.5 in float32), so only this order matches it bit for bit. Scales therefore act as float32.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import numpy as np
 
 from qcc.ir.quant import Bipolar, Codebook, QuantSpec, Region, Thresholds, Uniform
 
-__all__ = ["round_half_even", "channel_shape", "quantize", "dequantize", "fake_quant",
+__all__ = ["round_half_even", "channel_shape", "quantize_affine", "quantize", "dequantize", "fake_quant",
            "apply_thresholds", "apply_region"]
 
 
@@ -33,12 +36,18 @@ def _param(values, rank: int, axis: int | None) -> np.ndarray:
     return arr.reshape(channel_shape(rank, axis, arr.size)) if axis is not None else arr
 
 
+def quantize_affine(x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """clip(round_half_even(x / scale) + zero_point, qmin, qmax) as int64, computed in x's float type."""
+    xf = x if x.dtype.kind == "f" else x.astype(np.float32)
+    q = round_half_even(xf / np.asarray(scale).astype(xf.dtype)) + np.asarray(zero_point).astype(xf.dtype)
+    return np.clip(q, qmin, qmax).astype(np.int64)
+
+
 def quantize(x: np.ndarray, spec: Uniform) -> np.ndarray:
-    """Float to integer codes: clip(round(x / scale) + zero_point, qmin, qmax) as int64."""
+    """Float to integer codes of `spec` (per tensor or per channel along spec.axis)."""
     scale = _param(spec.scale, x.ndim, spec.axis)
     zp = _param(spec.zero_point, x.ndim, spec.axis)
-    q = round_half_even(x.astype(np.float64) / scale) + zp
-    return np.clip(q, spec.qmin, spec.qmax).astype(np.int64)
+    return quantize_affine(x, scale, zp, spec.qmin, spec.qmax)
 
 
 def dequantize(q: np.ndarray, spec: Uniform, dtype=np.float32) -> np.ndarray:

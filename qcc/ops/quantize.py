@@ -18,7 +18,7 @@ import numpy as np
 
 from qcc.errors import ShapeError
 from qcc.ir.types import TensorType
-from qcc.numerics import channel_shape, round_half_even
+from qcc.numerics import channel_shape, quantize_affine
 from qcc.ops._shapes import norm_axis
 from qcc.ops.registry import AttrSpec, OpDef, register
 
@@ -67,11 +67,10 @@ def _quantize_infer(in_types, attrs):
 def _quantize_eval(args, attrs):
     x, scale = args[0], args[1]
     zp = args[2] if len(args) > 2 and args[2] is not None else np.zeros((), np.uint8)
-    s = _param(scale, x.ndim, attrs["axis"]).astype(x.dtype)
-    z = _param(zp, x.ndim, attrs["axis"]).astype(x.dtype)
-    q = round_half_even(x / s) + z
+    s = _param(scale, x.ndim, attrs["axis"])
+    z = _param(zp, x.ndim, attrs["axis"])
     info = np.iinfo(zp.dtype)
-    return [np.clip(q, info.min, info.max).astype(zp.dtype)]
+    return [quantize_affine(x, s, z, int(info.min), int(info.max)).astype(zp.dtype)]
 
 
 register(OpDef(
