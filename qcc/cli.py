@@ -67,6 +67,8 @@ def cmd_import(args) -> int:
     out = Path(args.output)
     if out.suffix != ".qir":
         raise QccError(f"output {out} must end in .qir (weights go to {out.with_suffix('.npz').name})")
+    if Path(args.model).suffix != ".onnx":
+        raise QccError(f"{args.model} must be an .onnx model (import converts ONNX to .qir)")
     graph = _load(args.model)
     save_model(graph, out)
     return EXIT_OK

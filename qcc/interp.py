@@ -65,8 +65,14 @@ SEMANTICS: dict[str, Callable[[], Semantics]] = {
 
 
 def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Match user arrays to graph inputs (a single-input graph also takes the key 'x')."""
+    """Match user arrays to graph inputs (a single-input graph also takes the key 'x').
+
+    Labels under the key 'y' (the data-file format: x inputs, y labels) are ignored unless 'y' names
+    a graph input.
+    """
     given = dict(inputs)
+    if "y" in given and all(v.name != "y" for v in graph.inputs):
+        given.pop("y")
     if len(graph.inputs) == 1 and graph.inputs[0].name not in given and "x" in given:
         given[graph.inputs[0].name] = given.pop("x")
     names = [v.name for v in graph.inputs]

@@ -27,6 +27,11 @@ __all__ = ["convert_node", "parse_attrs", "TARGETS"]
 Converter = Callable[[Context, onnx.NodeProto, str, dict[str, Any]], None]
 
 
+def _short_float(value: float) -> float:
+    """A float32 attribute as the shortest decimal with the same float32 (1e-05, not 9.99999974e-06)."""
+    return float(str(np.float32(value)))
+
+
 def parse_attrs(cx: Context, node: onnx.NodeProto, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for attr in node.attribute:
@@ -36,7 +41,11 @@ def parse_attrs(cx: Context, node: onnx.NodeProto, name: str) -> dict[str, Any]:
             out[attr.name] = tensor_array(attr.t)
             continue
         value = onnx.helper.get_attribute_value(attr)
-        if isinstance(value, bytes):
+        if attr.type == onnx.AttributeProto.FLOAT:
+            value = _short_float(value)
+        elif attr.type == onnx.AttributeProto.FLOATS:
+            value = [_short_float(v) for v in value]
+        elif isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         elif isinstance(value, list):
             value = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in value]

@@ -92,7 +92,7 @@ class Builder:
 
     def const(self, hint: str, array: np.ndarray) -> str:
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def node(self, op: str, inputs: list[str], outputs: list[str], *, name: str, domain: str = "",

@@ -218,4 +218,4 @@ def export_constant(b: Builder, c: Value) -> None:
 def _tensor(data: np.ndarray, name: str):
     from onnx import numpy_helper
 
-    return numpy_helper.from_array(np.ascontiguousarray(data), name)
+    return numpy_helper.from_array(np.array(data, order="C"), name)

@@ -216,7 +216,7 @@ def test_qonnx_only_annotations_round_trip():
     bw = g.add_constant("bw", np.where(rand(4, 4, 1, 1, seed=4) >= 0, 0.5, -0.5).astype(np.float32),
                         quant=Bipolar(scale=0.5))
     conv = g.add_node("Conv", [x, w], name="conv")
-    conv.output.quant = Thresholds(bits=3, thresholds=((-1.0, 0.0, 1.0),) * 4, out_scale=0.5, out_bias=-0.5)
+    conv.output.quant = Thresholds(bits=2, thresholds=((-1.0, 0.0, 1.0),) * 4, out_scale=0.5, out_bias=-0.5)
     conv2 = g.add_node("Conv", [conv.output, bw], name="conv2")
     conv2.output.quant = Thresholds(bits=2, thresholds=((0.0, 1.0, 2.0),))
     ident = g.add_node("Identity", [conv2.output], name="q16")
