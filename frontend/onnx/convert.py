@@ -66,7 +66,8 @@ def convert_node(cx: Context, node: onnx.NodeProto, name: str) -> None:
         raise cx.unsupported(node, name)
     op = node.op_type
     attrs = parse_attrs(cx, node, name)
-    if op in folding.FOLDERS and _try_fold(cx, node, attrs):
+    why = _try_fold(cx, node, attrs) if op in folding.FOLDERS else "not foldable"
+    if why is None:
         return
     converter = CONVERTERS.get(op)
     target = TARGETS.get(op, op)
@@ -77,18 +78,21 @@ def convert_node(cx: Context, node: onnx.NodeProto, name: str) -> None:
         _generic(cx, node, name, attrs)
         return
     if op in folding.FOLDERS:
-        runtime = next(n for n in node.input if n and cx.array(n) is None)
-        raise cx.error(node, name, f"input '{runtime}' is computed at run time; qcc folds {op} only on "
-                                   "constants and shapes")
+        runtime = [n for n in node.input if n and cx.array(n) is None]
+        if runtime:
+            raise cx.error(node, name, f"input '{runtime[0]}' is computed at run time; qcc folds {op} only "
+                                       "on constants and shapes")
+        raise cx.error(node, name, f"cannot be evaluated at import: {why}")
     raise cx.unsupported(node, name)
 
 
 # ---------------------------------------------------------------------- folding and aliasing
-def _try_fold(cx: Context, node: onnx.NodeProto, attrs: dict[str, Any]) -> bool:
+def _try_fold(cx: Context, node: onnx.NodeProto, attrs: dict[str, Any]) -> str | None:
+    """Evaluate the node at import time; None when done, else why not."""
     op = node.op_type
     if op == "Identity":
         cx.bind(node.output[0], cx.entry(node.input[0]))
-        return True
+        return None
     inputs: list[Any] = []
     for i, n in enumerate(node.input):
         e = cx.entry(n)
@@ -99,14 +103,14 @@ def _try_fold(cx: Context, node: onnx.NodeProto, attrs: dict[str, Any]) -> bool:
         elif isinstance(e, Value) and i in folding.TYPE_ONLY.get(op, ()):
             inputs.append(folding.Typed(e.type.shape, np.dtype(e.type.dtype)))
         else:
-            return False
+            return f"input '{n}' is computed at run time"
     try:
         results = folding.fold(op, inputs, attrs, cx.opset)
-    except folding.NotFoldable:
-        return False
+    except folding.NotFoldable as e:
+        return str(e) or "not foldable"
     for out, array in zip(node.output, results):
         cx.bind(out, Sym(array) if folding.is_symbolic(array) else Const(array))
-    return True
+    return None
 
 
 def _dropout(cx: Context, node: onnx.NodeProto, name: str, attrs: dict[str, Any]) -> None:

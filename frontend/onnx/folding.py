@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-__all__ = ["UNKNOWN", "NotFoldable", "Typed", "FOLDERS", "TYPE_ONLY", "fold", "is_symbolic",
-           "onnx_dtype"]
+__all__ = ["UNKNOWN", "NotFoldable", "Typed", "FOLDERS", "TYPE_ONLY", "MAX_FOLD_ELEMENTS", "fold",
+           "is_symbolic", "onnx_dtype"]
 
 
 class _Unknown:
@@ -45,6 +45,8 @@ class Typed:
     shape: tuple
     dtype: np.dtype
 
+
+MAX_FOLD_ELEMENTS = 1 << 24
 
 # Input positions that only need the operand's type, not its data.
 TYPE_ONLY: dict[str, tuple[int, ...]] = {"Shape": (0,), "Size": (0,), "CastLike": (1,)}
@@ -196,20 +198,31 @@ def _reshape(inputs, attrs, opset):
         raise NotFoldable("reshape size mismatch") from None
 
 
+def _small(shape) -> tuple[int, ...]:
+    """A shape to materialize at import; a hostile model cannot make qcc allocate gigabytes."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.float64)) > MAX_FOLD_ELEMENTS:
+        raise NotFoldable(f"a folded tensor of shape {list(shape)} is too large")
+    return shape
+
+
 def _expand(inputs, attrs, opset):
     x, shape = inputs[0], _ints(inputs[1])
-    out_shape = np.broadcast_shapes(x.shape, tuple(shape))
+    out_shape = _small(np.broadcast_shapes(x.shape, tuple(shape)))
     return [np.broadcast_to(x, out_shape).copy()]
 
 
 def _constant_of_shape(inputs, attrs, opset):
-    shape = _ints(inputs[0])
+    shape = _small(_ints(inputs[0]))
     value = attrs.get("value", np.zeros(1, dtype=np.float32))
     return [np.full(shape, value.reshape(-1)[0], dtype=value.dtype)]
 
 
 def _range(inputs, attrs, opset):
     start, limit, delta = (_plain(x).reshape(()) for x in inputs[:3])
+    if delta == 0:
+        raise NotFoldable("Range with delta 0")
+    _small([max(0, int(np.ceil((float(limit) - float(start)) / float(delta))))])
     return [np.arange(start, limit, delta, dtype=start.dtype)]
 
 

@@ -63,7 +63,8 @@ class PendingQ:
     zero_point: str
     spec: Uniform
     node: onnx.NodeProto
-    value: Value | None = None
+    value: Value | None = None  # the IR QuantizeLinear output, once something needs the integers
+    dequantized: Any = None  # what the first matching DequantizeLinear produced (shared by the rest)
 
 
 Entry = Value | Const | Sym | PendingQ
@@ -137,13 +138,15 @@ class Context:
         return self.graph
 
     def _name_nodes(self) -> None:
-        """ONNX node names, or 'OpType_index' where empty; duplicates get a numeric suffix."""
-        seen: set[str] = set()
+        """ONNX node names, or 'OpType_index' where empty; repeats get a numeric suffix. Given names
+        are claimed first, so a generated one never takes a name the model uses later."""
         self.nodes = list(self.proto.graph.node)  # held, so id(node) stays valid as a key
+        given = {node.name for node in self.nodes if node.name}
+        seen: set[str] = set()
         for i, node in enumerate(self.nodes):
             base = node.name or f"{node.op_type}_{i}"
             name, k = base, 1
-            while name in seen:
+            while name in seen or (not node.name and name in given):
                 name, k = f"{base}_{k}", k + 1
             seen.add(name)
             self.node_names[id(node)] = name

@@ -31,6 +31,7 @@ ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 def load_model(source: ModelSource, base_dir: str | os.PathLike | None = None, *,
                check: bool = True) -> onnx.ModelProto:
     """A validated ModelProto with all external data read in (the caller's proto is not changed)."""
+    path = None
     if isinstance(source, onnx.ModelProto):
         proto, what = source, "<ModelProto>"
     elif isinstance(source, bytes | bytearray):
@@ -41,11 +42,16 @@ def load_model(source: ModelSource, base_dir: str | os.PathLike | None = None, *
         if base_dir is None:
             base_dir = path.resolve().parent
     _check_structure(proto, what)
-    if _has_external_data(proto):
-        proto = _copy(proto)
-        _load_external_data(proto, base_dir, what)
     default_opset(proto)  # raises on an unsupported opset, before the checker can say it less clearly
-    if check:
+    external = [t for t in _tensors(proto.graph) if t.data_location == TensorProto.EXTERNAL]
+    for tensor in external:  # confine every path before anything reads a byte
+        _external_file(tensor, base_dir)
+    if check and path is not None:
+        _run_checker(str(path), what)  # from the file: finds its external data, works past 2 GB
+    if external:
+        proto = _copy(proto)
+        _load_external_data(proto, Path(base_dir))
+    if check and path is None:
         _run_checker(proto, what)
     return proto
 
@@ -93,6 +99,22 @@ def _check_structure(proto: onnx.ModelProto, what: str) -> None:
     if not proto.HasField("graph") or not proto.graph.output:
         raise ModelImportError(f"not a valid ONNX model: '{what}' has no graph with outputs "
                                "(truncated or not an .onnx file?)")
+    if not all(isinstance(s, str) for s in _names(proto.graph)):
+        raise ModelImportError(f"not a valid ONNX model: '{what}' has names that are not UTF-8 text "
+                               "(corrupted?)")
+
+
+def _names(graph: onnx.GraphProto) -> Iterator:
+    """Every string the converter reads as a name (protobuf gives bytes for invalid UTF-8)."""
+    yield graph.name
+    for vi in (*graph.input, *graph.output):
+        yield vi.name
+        yield from (d.dim_param for d in vi.type.tensor_type.shape.dim)
+    for t in graph.initializer:
+        yield t.name
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        yield from (a.name for a in node.attribute)
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -115,23 +137,18 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
                 yield from _tensors(sub)
 
 
-def _has_external_data(proto: onnx.ModelProto) -> bool:
-    return any(t.data_location == TensorProto.EXTERNAL for t in _tensors(proto.graph))
-
-
-def _load_external_data(proto: onnx.ModelProto, base_dir, what: str) -> None:
+def _load_external_data(proto: onnx.ModelProto, base: Path) -> None:
     for tensor in _tensors(proto.graph):
-        if tensor.data_location != TensorProto.EXTERNAL:
-            continue
-        if base_dir is None:
-            raise ModelImportError(f"tensor '{tensor.name}' keeps its data in an external file, but the "
-                                   "model was given without its folder; import it from its path or pass "
-                                   "base_dir")
-        _load_tensor(tensor, Path(base_dir), what)
+        if tensor.data_location == TensorProto.EXTERNAL:
+            _load_tensor(tensor, base)
 
 
-def _external_file(tensor: TensorProto, base: Path) -> tuple[Path, int, int | None]:
+def _external_file(tensor: TensorProto, base_dir) -> tuple[Path, int, int | None]:
     """The confined file path, offset and length of one externally stored tensor."""
+    if base_dir is None:
+        raise ModelImportError(f"tensor '{tensor.name}' keeps its data in an external file, but the model "
+                               "was given without its folder; import it from its path or pass base_dir")
+    base = Path(base_dir)
     info = {e.key: e.value for e in tensor.external_data}
     location = info.get("location", "")
     name = tensor.name
@@ -162,7 +179,7 @@ def _external_file(tensor: TensorProto, base: Path) -> tuple[Path, int, int | No
     return path, offset, length
 
 
-def _load_tensor(tensor: TensorProto, base: Path, what: str) -> None:
+def _load_tensor(tensor: TensorProto, base: Path) -> None:
     path, offset, length = _external_file(tensor, base)
     location = {e.key: e.value for e in tensor.external_data}["location"]
     size = path.stat().st_size
@@ -201,9 +218,9 @@ _PACKED_TYPES = {getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1"
 _TOLERATED = ("No opset import for domain", "Field 'shape' of 'type' is required but missing")
 
 
-def _run_checker(proto: onnx.ModelProto, what: str) -> None:
+def _run_checker(model: onnx.ModelProto | str, what: str) -> None:
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
         line = next((s.strip() for s in str(e).splitlines() if s.strip()), type(e).__name__)
         if line.startswith(_TOLERATED):

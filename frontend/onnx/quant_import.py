@@ -175,7 +175,7 @@ def _int_dtype(spec: Uniform) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def _same_params(cx: Context, pending: PendingQ, node: onnx.NodeProto, spec: Uniform) -> bool:
+def _same_params(pending: PendingQ, spec: Uniform) -> bool:
     base = pending.spec
     return (np.array_equal(np.asarray(base.scale), np.asarray(spec.scale))
             and np.array_equal(np.asarray(base.zero_point), np.asarray(spec.zero_point))
@@ -188,8 +188,11 @@ def _dequantize_linear(cx: Context, node: onnx.NodeProto, name: str, attrs: dict
     scale = cx.const(node, name, 1, "the scale")
     if isinstance(e, PendingQ):
         spec = _qdq_spec(cx, node, name, attrs, _rank(cx, e.source), _int_dtype(e.spec).name)
-        if _same_params(cx, e, node, spec):
-            _bind_quantized(cx, e.source, e.spec, out=out, name=name, dtype=scale.dtype)
+        if _same_params(e, spec):
+            if e.dequantized is None:  # the first DequantizeLinear of this QuantizeLinear
+                _bind_quantized(cx, e.source, e.spec, out=out, name=name, dtype=scale.dtype)
+                e.dequantized = cx.entry(out)
+            cx.bind(out, e.dequantized)
             return
     elif isinstance(e, Const) and e.array.dtype.name in INT_TYPES:
         spec = _qdq_spec(cx, node, name, attrs, e.array.ndim, e.array.dtype.name)

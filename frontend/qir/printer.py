@@ -21,7 +21,7 @@ import numpy as np
 from qcc.errors import QccError, VerifyError
 from qcc.io import atomic_writes, write_npz
 from qcc.ir.graph import Graph, Node, Value
-from qcc.ir.quant import QuantSpec, Region, spec_to_dict
+from qcc.ir.quant import QuantSpec, Region, Uniform, spec_to_dict
 from qcc.ir.types import TensorType
 
 __all__ = ["print_graph", "format_attr", "save"]
@@ -100,10 +100,19 @@ def _spec(keyword: str, spec: QuantSpec | Region) -> str:
     fields = []
     for f in dataclasses.fields(spec):
         text = format_attr(values[f.name])
+        if isinstance(spec, Uniform) and f.name == "scale":
+            text = _float32_attr(values[f.name])
         if f.default is not dataclasses.MISSING and text == format_attr(f.default):
             continue
         fields.append(f"{f.name} = {text}")
     return f"{keyword} {scheme}{{{', '.join(fields)}}}"
+
+
+def _float32_attr(v: Any) -> str:
+    """Uniform scales are float32 values: print the shortest text that rounds back to them."""
+    if isinstance(v, list):
+        return "[" + ", ".join(_float32_attr(x) for x in v) + "]"
+    return str(np.float32(v))
 
 
 def _type(t: TensorType) -> str:

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from qcc.errors import VerifyError
 
 __all__ = [
@@ -45,6 +47,13 @@ def _floats(what: str, value: Any) -> float | tuple[float, ...]:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise VerifyError(f"{what}: expected a number, got {value!r}")
     return float(value)
+
+
+def _float32(value: float | tuple[float, ...]) -> float | tuple[float, ...]:
+    if isinstance(value, tuple):
+        return tuple(_float32(v) for v in value)
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
 
 
 def _ints(what: str, value: Any) -> int | tuple[int, ...]:
@@ -110,7 +119,8 @@ class Uniform(QuantSpec):
 
     def __post_init__(self):
         _check_bits("uniform", self.bits)
-        object.__setattr__(self, "scale", _floats("uniform scale", self.scale))
+        # Scales act as float32 (qcc.numerics, ONNX): store them so, and ONNX round trips are exact.
+        object.__setattr__(self, "scale", _float32(_floats("uniform scale", self.scale)))
         object.__setattr__(self, "zero_point", _ints("uniform zero_point", self.zero_point))
         _check_axis_params("uniform", self.axis, scale=self.scale, zero_point=self.zero_point)
         for s in _as_tuple(self.scale):

@@ -195,6 +195,8 @@ A8 = Uniform(bits=8, signed=False, scale=f32(0.05), zero_point=100)
     (A8, W8, None, None),
     (A8, W8, Uniform(bits=8, signed=True, scale=f32(0.1), zero_point=-3),
      Uniform(bits=8, signed=True, scale=0.125)),
+    (Uniform(bits=8, signed=True, scale=(0.25, 0.5, 0.125, 0.25), zero_point=(1, -2, 0, 3), axis=1), W8,
+     None, None),
     (Uniform(bits=4, signed=False, scale=f32(0.2)), Uniform(bits=3, signed=True, scale=0.125, narrow=True),
      Uniform(bits=5, signed=True, scale=f32(0.07), narrow=True), Uniform(bits=2, signed=True, scale=0.5)),
 ])
@@ -206,6 +208,11 @@ def test_uniform_annotations_round_trip(fmt, case):
     verify(back)
     assert signature(back) == signature(g)
     assert export_model(back, format=fmt).SerializeToString() == proto.SerializeToString()
+    if fmt == "qdq":
+        x = rand(2, 3, 5, 5, seed=4)
+        want = run(g, {"x": x}, mode="fake")
+        for value, got in zip(g.outputs, ort_run(proto, {"x": x})):
+            np.testing.assert_allclose(got, want[value.name], rtol=0, atol=1e-6)
 
 
 def test_qonnx_only_annotations_round_trip():

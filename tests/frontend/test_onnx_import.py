@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,6 +19,7 @@ from qcc.ir.verify import verify
 
 F = TensorProto.FLOAT
 QONNX = "qonnx.custom_op.general"
+FIXTURE_DIR = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def make(nodes, inputs, outputs, inits=(), opset=17, domains=(), name="g"):
@@ -172,6 +174,10 @@ def test_node_names_kept_or_generated_deterministically():
     graph = import_model(make(nodes, [("x", [1, 2])], ["y"]))
     assert [n.name for n in graph.nodes] == ["first", "Relu_1", "Sigmoid_2"]
     assert [o.name for n in graph.nodes for o in n.outputs] == ["a", "b", "y"]
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["b"], name="Relu_0"),
+             helper.make_node("Relu", ["b"], ["y"], name="Relu_0")]
+    graph = import_model(make(nodes, [("x", [1, 2])], ["y"]))
+    assert [n.name for n in graph.nodes] == ["Relu_0_1", "Relu_0", "Relu_0_2"]
 
 
 def test_symbolic_dims_are_sanitized_and_unnamed_dims_get_names():
@@ -300,7 +306,8 @@ def test_truncated_file(tmp_path):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("payload", [b"\x00" * 7, b"hello, this is not a model at all \xff\xfe", os.urandom(257), b""])
+@pytest.mark.parametrize("payload", [b"\x00" * 7, b"hello, this is not a model at all \xff\xfe",
+                                     np.random.default_rng(3).bytes(257), b""])
 def test_garbage_bytes(tmp_path, payload):
     path = tmp_path / "garbage.onnx"
     path.write_bytes(payload)
@@ -341,6 +348,20 @@ def test_runtime_gather_is_rejected_clearly():
     node = helper.make_node("Gather", ["x", "i"], ["y"], axis=0, name="lookup")
     with pytest.raises(ModelImportError, match="'lookup'.*computed at run time"):
         import_model(make([node], [("x", [4, 2])], ["y"], [("i", np.array([1, 0], np.int64))]))
+
+
+def test_constant_gather_out_of_range_is_a_clear_error():
+    node = helper.make_node("Gather", ["c", "i"], ["y"], axis=0, name="g")
+    proto = make([node], [], ["y"], [("c", np.arange(3, dtype=np.float32)), ("i", np.array([5], np.int64))])
+    with pytest.raises(ModelImportError, match="'g'.*cannot be evaluated at import: index out of range"):
+        import_model(proto, check=False)
+
+
+def test_folding_refuses_huge_tensors():
+    node = helper.make_node("ConstantOfShape", ["s"], ["y"], name="big")
+    proto = make([node], [], ["y"], [("s", np.array([1 << 20, 1 << 20], np.int64))])
+    with pytest.raises(ModelImportError, match="'big'.*too large"):
+        import_model(proto, check=False)
 
 
 def _external_model(tmp_path, location: str):
@@ -437,6 +458,19 @@ def test_per_axis_activation_quantizer():
     assert graph.inputs[0].quant.axis == 1 and len(graph.inputs[0].quant.scale) == 3
 
 
+def test_one_quantizer_read_by_several_dequantizers_is_one_annotation():
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("QuantizeLinear", ["r", "s"], ["rq"]),
+        helper.make_node("DequantizeLinear", ["rq", "s"], ["d1"]),
+        helper.make_node("DequantizeLinear", ["rq", "s"], ["d2"]),
+        helper.make_node("Add", ["d1", "d2"], ["y"]),
+    ]
+    graph = check(make(nodes, [("x", [2, 8])], ["y"], [("s", np.array(0.1, np.float32))]), {"x": rand(2, 8)},
+                  mode="fake")
+    assert ops(graph) == ["Relu", "Add"] and graph.nodes[0].output.quant.bits == 8
+
+
 def test_annotated_value_with_other_readers_gets_an_identity():
     nodes = [
         helper.make_node("Relu", ["x"], ["r"], name="relu"),
@@ -505,6 +539,14 @@ def test_lone_quantize_linear_stays_an_op():
     assert ops(graph) == ["QuantizeLinear"]
     x = rand(8)
     np.testing.assert_array_equal(run(graph, {"x": x})["y"], ort_run(proto, {"x": x})[0])
+
+
+def test_requantizing_pair_with_different_params_stays_ops():
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s2", "z"], ["y"])]
+    inits = [("s", np.array(0.1, np.float32)), ("s2", np.array(0.2, np.float32)), ("z", np.array(1, np.int8))]
+    graph = check(make(nodes, [("x", [16])], ["y"], inits), {"x": rand(16)})
+    assert ops(graph) == ["QuantizeLinear", "DequantizeLinear"]
 
 
 def test_dequantized_int32_bias():
@@ -600,3 +642,54 @@ def test_unknown_qonnx_op_is_unsupported():
     node = helper.make_node("Trunc", ["x"], ["y"], domain=QONNX)
     with pytest.raises(UnsupportedOpError, match="Trunc"):
         import_model(make([node], [("x", [2])], ["y"], domains=[QONNX]))
+
+
+# ---------------------------------------------------------------------- folding agrees with onnxruntime
+def _i64(*v):
+    return np.array(v, np.int64)
+
+
+FOLD_CASES = {
+    "Range": ([_i64(1).reshape(()), _i64(9).reshape(()), _i64(3).reshape(())], {}),
+    "ConstantOfShape": ([_i64(2, 3)], {"value": numpy_helper.from_array(np.array([1.5], np.float32))}),
+    "Where": ([np.array([True, False, True]), _i64(1, 2, 3), _i64(7, 8, 9)], {}),
+    "Equal": ([_i64(1, 2, 3), _i64(1, 0, 3)], {}),
+    "Div": ([_i64(7, -7, 9), _i64(2, 2, -4)], {}),
+    "Sub": ([_i64(7, -7, 9), _i64(2, 2, -4)], {}),
+    "Neg": ([_i64(7, -7, 9)], {}),
+    "Slice": ([_i64(0, 1, 2, 3, 4, 5), _i64(-1), _i64(-100), _i64(0), _i64(-2)], {}),
+    "Transpose": ([np.arange(6, dtype=np.int64).reshape(2, 3)], {"perm": [1, 0]}),
+    "Expand": ([_i64(1, 2, 3), _i64(2, 1)], {}),
+    "Size": ([np.zeros((2, 5), np.float32)], {}),
+    "ReduceProd": ([_i64(2, 3, 4)], {"keepdims": 0}),
+    "Squeeze": ([np.zeros((1, 3, 1), np.int64)], {}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(FOLD_CASES))
+def test_folded_constants_match_onnxruntime(op):
+    arrays, attrs = FOLD_CASES[op]
+    names = [f"c{i}" for i in range(len(arrays))]
+    nodes = [helper.make_node(op, names, ["f"], **attrs), helper.make_node("Cast", ["f"], ["ff"], to=F),
+             helper.make_node("Add", ["x", "ff"], ["y"])]
+    probe = make(nodes[:1], [], [], list(zip(names, arrays)), opset=17)
+    probe.graph.output.append(helper.make_empty_tensor_value_info("f"))
+    shape = ort_run(probe, {})[0].shape
+    proto = make(nodes, [("x", list(shape))], ["y"], list(zip(names, arrays)))
+    graph = check(proto, {"x": np.zeros(shape, np.float32)})
+    assert ops(graph) == ["Add"]
+
+
+def test_corrupted_fixture_bytes_never_escape_as_tracebacks():
+    data = (FIXTURE_DIR / "residual_ts.onnx").read_bytes()
+    rng = np.random.default_rng(1)
+    for cut in np.linspace(1, len(data) - 1, 12).astype(int):
+        with pytest.raises(QccError):
+            import_model(data[:cut])
+    for _ in range(30):
+        b = bytearray(data)
+        b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+        try:
+            verify(import_model(bytes(b)))
+        except QccError as e:
+            assert "\n" not in str(e)
