@@ -101,22 +101,10 @@ class Graph:
     # ----------------------------------------------------------------- naming
     def fresh_name(self, hint: str) -> str:
         """A value name not yet used in this graph, derived from `hint`."""
-        if hint not in self._names:
-            return hint
-        for i in itertools.count(1):
-            cand = f"{hint}_{i}"
-            if cand not in self._names:
-                return cand
-        raise AssertionError  # unreachable
+        return _fresh(hint, self._names)
 
     def fresh_node_name(self, hint: str) -> str:
-        if hint not in self._node_names:
-            return hint
-        for i in itertools.count(1):
-            cand = f"{hint}_{i}"
-            if cand not in self._node_names:
-                return cand
-        raise AssertionError  # unreachable
+        return _fresh(hint, self._node_names)
 
     def _claim(self, name: str) -> str:
         if name in self._names:
@@ -340,6 +328,12 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"<Graph '{self.name}': {len(self)} nodes, {len(self.constants)} constants>"
+
+
+def _fresh(hint: str, taken: set[str]) -> str:
+    if hint not in taken:
+        return hint
+    return next(c for c in (f"{hint}_{i}" for i in itertools.count(1)) if c not in taken)
 
 
 def _copy_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
