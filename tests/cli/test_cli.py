@@ -185,3 +185,22 @@ def test_console_script_runs():
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "/fc/Gemm" in proc.stdout
+
+
+@pytest.mark.parametrize("location, message", [
+    ("../outside.data", "escapes the model's folder"),
+    ("missing.data", "not found"),
+])
+def test_external_data_errors_exit_2(tmp_path, capsys, location, message):
+    fixture = Path(__file__).parents[1] / "fixtures" / "external_ts.onnx"
+    model = onnx.load(fixture, load_external_data=False)
+    for init in model.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = location
+    (tmp_path / "m").mkdir()
+    onnx.save_model(model, tmp_path / "m" / "model.onnx")
+    (tmp_path / "outside.data").write_bytes(b"\x00" * 4096)
+    assert qcc("import", tmp_path / "m" / "model.onnx", "-o", tmp_path / "m" / "out.qir") == 2
+    assert message in _one_line_error(capsys)
+    assert _listing(tmp_path / "m") == ["model.onnx"]

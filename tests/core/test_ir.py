@@ -156,3 +156,31 @@ def test_clone_runs_identically(g, seed):
     b = run(g.clone(), {"x": x}, mode="fake")
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+
+
+@settings(max_examples=40, deadline=None)
+@given(graphs(), st.data())
+def test_verifier_rejects_random_breakage(g, data):
+    """Break a random valid graph in one of three ways; the verifier must name the breakage."""
+    nodes = g.nodes
+    kind = data.draw(st.sampled_from(["cycle", "dangling", "shape"]))
+    if kind == "cycle" and len(nodes) >= 2:
+        i = data.draw(st.integers(0, len(nodes) - 2))
+        j = data.draw(st.integers(i + 1, len(nodes) - 1))
+        g.set_input(nodes[i], 0, nodes[j].outputs[0])  # an earlier node now reads a later one
+        message = "cycle"
+    elif kind == "dangling":
+        node = data.draw(st.sampled_from(nodes))
+        stray = Graph("other").add_input("stray", node.inputs[0].type)
+        g.set_input(node, 0, stray)
+        message = "dangling"
+    else:
+        node = data.draw(st.sampled_from(nodes))
+        out = node.outputs[0]
+        shape = list(out.type.shape)
+        axis = data.draw(st.integers(0, len(shape) - 1))
+        shape[axis] = int(shape[axis]) + data.draw(st.integers(1, 3))
+        out.type = TensorType(tuple(shape), out.type.dtype)
+        message = "shape mismatch|does not match|do not|differ|channels|cannot|expects|inner dims"
+    with pytest.raises(VerifyError, match=message):
+        verify(g)
