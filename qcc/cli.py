@@ -100,6 +100,14 @@ def cmd_run(args) -> int:
         mode = "fake" if annotated else "float"
     outputs = run(graph, inputs, mode=mode)
     save_npz(args.output, {k: np.asarray(v) for k, v in outputs.items()})
+    shapes = ", ".join(f"{k} {'x'.join(map(str, np.shape(v)))}" for k, v in outputs.items())
+    print(f"wrote {args.output} ({shapes}; {mode} semantics)")
+    labels = inputs.get("y")
+    if labels is not None and len(outputs) == 1:
+        (logits,) = outputs.values()
+        if logits.ndim == 2 and len(logits) == len(labels):
+            top1 = float(np.mean(np.argmax(logits, axis=1) == labels))
+            print(f"top-1 accuracy against y: {100 * top1:.2f} % ({len(labels)} samples)")
     return EXIT_OK
 
 

@@ -44,6 +44,7 @@ def test_import_show_run_round_trip(tmp_path, capsys):
 
     a, b = tmp_path / "a.npz", tmp_path / "b.npz"
     assert qcc("run", MODEL, EVAL, "-o", a) == 0  # EVAL has x and y: y is not an input
+    assert "top-1 accuracy against y: 99.44 % (360 samples)" in capsys.readouterr().out
     assert qcc("run", out, EVAL, "-o", b) == 0
     with np.load(a) as za, np.load(b) as zb:
         assert za.files == ["logits"]
