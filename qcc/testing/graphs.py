@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from qcc.ir.graph import Graph, Value
 from qcc.ir.quant import Bipolar, Codebook, Region, Thresholds, Uniform
 from qcc.ir.types import TensorType
-from qcc.numerics import dequantize, quantize
+from qcc.numerics import fake_quant
 
 __all__ = ["GraphOptions", "graphs", "graph_inputs", "weight_annotations", "activation_annotations",
            "ALL_SCHEMES"]
@@ -101,20 +101,6 @@ def activation_annotations(schemes: tuple[str, ...] = ALL_SCHEMES, channels: int
     return build()
 
 
-def _on_grid(data: np.ndarray, spec) -> np.ndarray:
-    """Weight data that the spec represents exactly."""
-    if isinstance(spec, Uniform):
-        return dequantize(quantize(data, spec), spec, np.float32)
-    if isinstance(spec, Bipolar):
-        scale = np.asarray(spec.scale, dtype=np.float64)
-        if spec.axis is not None:
-            scale = scale.reshape((-1,) + (1,) * (data.ndim - 1))
-        return (np.where(data >= 0, 1.0, -1.0) * scale).astype(np.float32)
-    table = np.asarray(spec.tables()[0], dtype=np.float64) * spec.centroid_scale
-    idx = np.abs(data[..., None].astype(np.float64) - table).argmin(axis=-1)
-    return table[idx].astype(np.float32)
-
-
 class _Builder:
     def __init__(self, draw, opts: GraphOptions):
         self.draw = draw
@@ -133,7 +119,7 @@ class _Builder:
         spec = None
         if opts.annotate and draw(st.booleans()) and {"uniform", "codebook", "bipolar"} & set(opts.schemes):
             spec = draw(weight_annotations(opts.schemes, channels=shape[0]))
-            data = _on_grid(data, spec)
+            data = fake_quant(data, spec)  # constants hold values on their grid
         return self.g.add_constant(self.name("w"), data, quant=spec)
 
     def annotate(self, v: Value) -> None:
