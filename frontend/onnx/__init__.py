@@ -8,7 +8,7 @@ annotations. `export_model(graph, opset=17, format="qdq"|"qonnx")` writes a mode
 
 from qcc.frontend.onnx.exporter import export_model, save_model
 from qcc.frontend.onnx.importer import import_model, supported_ops
-from qcc.frontend.onnx.loading import OPSET_MAX, OPSET_MIN, load_model
+from qcc.frontend.onnx.loading import OPSET_MAX, OPSET_MIN, load_proto
 
-__all__ = ["import_model", "export_model", "save_model", "load_model", "supported_ops", "OPSET_MIN",
+__all__ = ["import_model", "export_model", "save_model", "load_proto", "supported_ops", "OPSET_MIN",
            "OPSET_MAX"]

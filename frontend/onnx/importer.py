@@ -26,7 +26,7 @@ from onnx import numpy_helper
 
 from qcc.errors import ModelImportError, QccError, UnsupportedOpError
 from qcc.frontend.onnx import folding
-from qcc.frontend.onnx.loading import DEFAULT_DOMAINS, QONNX_DOMAINS, ModelSource, default_opset, load_model
+from qcc.frontend.onnx.loading import DEFAULT_DOMAINS, QONNX_DOMAINS, ModelSource, default_opset, load_proto
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import QuantSpec, Uniform
 from qcc.ir.types import DTYPES, TensorType
@@ -76,7 +76,7 @@ def import_model(model: ModelSource, *, base_dir=None, check: bool = True) -> Gr
     External data files are read from the model's folder (or `base_dir` for a ModelProto); every
     problem with the model raises a QccError subclass with a one-line message.
     """
-    proto = load_model(model, base_dir, check=check)
+    proto = load_proto(model, base_dir, check=check)
     return Context(proto).run()
 
 

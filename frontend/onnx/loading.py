@@ -19,7 +19,7 @@ from onnx import TensorProto
 
 from qcc.errors import ModelImportError
 
-__all__ = ["OPSET_MIN", "OPSET_MAX", "DEFAULT_DOMAINS", "QONNX_DOMAINS", "load_model", "default_opset"]
+__all__ = ["OPSET_MIN", "OPSET_MAX", "DEFAULT_DOMAINS", "QONNX_DOMAINS", "load_proto", "default_opset"]
 
 OPSET_MIN, OPSET_MAX = 11, 21
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -28,7 +28,7 @@ QONNX_DOMAINS = ("qonnx.custom_op.general", "finn.custom_op.general", "onnx.brev
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 
 
-def load_model(source: ModelSource, base_dir: str | os.PathLike | None = None, *,
+def load_proto(source: ModelSource, base_dir: str | os.PathLike | None = None, *,
                check: bool = True) -> onnx.ModelProto:
     """A validated ModelProto with all external data read in (the caller's proto is not changed)."""
     path = None
