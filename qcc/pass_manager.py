@@ -157,6 +157,8 @@ class DumpIRInstrument(Instrument):
 
 _PASSES: dict[str, str] = {
     "canonicalize": "qcc.passes.canonicalize:CanonicalizePass",
+    "fold-bn": "qcc.passes.fold_bn:FoldBatchNormPass",
+    "calibrate": "qcc.passes.calibrate:CalibratePass",
 }
 _loaded_entry_points = False
 
