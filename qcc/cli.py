@@ -97,7 +97,7 @@ def cmd_run(args) -> int:
     mode = args.mode
     if mode == "auto":
         annotated = any(v.quant is not None or v.region is not None for v in graph.values())
-        mode = "fake" if annotated else "float"
+        mode = "int" if annotated else "float"
     outputs = run(graph, inputs, mode=mode)
     save_npz(args.output, {k: np.asarray(v) for k, v in outputs.items()})
     shapes = ", ".join(f"{k} {'x'.join(map(str, np.shape(v)))}" for k, v in outputs.items())
@@ -213,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("inputs", metavar="INPUTS.npz")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUTS.npz")
-    p.add_argument("--mode", choices=["auto", "float", "fake"], default="auto",
-                   help="semantics: float reference, or fake-quant float (auto: fake when annotated)")
+    p.add_argument("--mode", choices=["auto", "float", "fake", "int"], default="auto",
+                   help="semantics: float reference, fake-quant float, or integer-exact "
+                        "(auto: int when the model is quantized, else float)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("opt", help="run a pass pipeline and write the result")

@@ -58,9 +58,16 @@ class FakeQuantSemantics(FloatSemantics):
         return array
 
 
+def _integer_semantics() -> Semantics:
+    from qcc.integer import IntegerSemantics  # qcc.integer builds on this module
+
+    return IntegerSemantics()
+
+
 SEMANTICS: dict[str, Callable[[], Semantics]] = {
     "float": FloatSemantics,
     "fake": FakeQuantSemantics,
+    "int": _integer_semantics,
 }
 
 
@@ -100,10 +107,12 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np
 
 
 def run(graph: Graph, inputs: Mapping[str, np.ndarray], *, mode: str | Semantics = "float",
-        keep_all: bool = False) -> dict[str, np.ndarray]:
+        keep_all: bool = False, dequantize: bool = True) -> dict[str, np.ndarray]:
     """Run `graph` on `inputs` (keyed by input name); returns outputs keyed by output name.
 
+    mode: "float", "fake" (fake-quant float) or "int" (integer-exact, qcc.integer), or a Semantics.
     keep_all=True returns every value (for sensitivity analysis and debugging), not just outputs.
+    dequantize=False keeps integer results as the semantics' own objects (QTensor codes).
     """
     sem = SEMANTICS[mode]() if isinstance(mode, str) else mode
     env: dict[int, np.ndarray] = {}
@@ -118,7 +127,7 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray], *, mode: str | Semantics
         args = [env[id(v)] if v is not None else None for v in node.inputs]
         results = sem.evaluate(node, args)
         for out, arr in zip(node.outputs, results):
-            env[id(out)] = sem.value(out, np.asarray(arr))
+            env[id(out)] = sem.value(out, arr if hasattr(arr, "q") else np.asarray(arr))
         if not keep_all:
             for v in node.inputs:
                 if v is None or v.is_constant:
@@ -126,6 +135,13 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray], *, mode: str | Semantics
                 remaining[id(v)] -= 1
                 if remaining[id(v)] <= 0 and id(v) not in keep:
                     env.pop(id(v), None)
-    if keep_all:
-        return {v.name: env[id(v)] for v in graph.values() if id(v) in env}
-    return {v.name: env[id(v)] for v in graph.outputs}
+    wanted = [v for v in graph.values() if id(v) in env] if keep_all else graph.outputs
+    out = {v.name: env[id(v)] for v in wanted}
+    if dequantize:
+        out = {k: _as_float(a, v.type.dtype) for (k, a), v in zip(out.items(), wanted)}
+    return out
+
+
+def _as_float(array, dtype: str) -> np.ndarray:
+    """Integer results (objects with codes `q` and a `real()` view) as arrays of the value's dtype."""
+    return array.real(np.dtype(dtype)) if hasattr(array, "real") and hasattr(array, "q") else array

@@ -10,12 +10,15 @@ exactly 2.5 in float32), so only this order matches it bit for bit. Scales there
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from qcc.ir.quant import Bipolar, Codebook, QuantSpec, Region, Thresholds, Uniform
 
 __all__ = ["round_half_even", "channel_shape", "quantize_affine", "quantize", "dequantize", "fake_quant",
-           "apply_thresholds", "apply_region"]
+           "apply_thresholds", "apply_region", "quantize_multiplier", "rounding_rshift", "requantize",
+           "rounding_divide", "bias_to_accumulator", "MULTIPLIER_BITS"]
 
 
 def round_half_even(x: np.ndarray) -> np.ndarray:
@@ -108,3 +111,102 @@ def apply_region(x: np.ndarray, region: Region) -> np.ndarray:
     if region.bottom:
         out[..., h - region.bottom:, :] = 0
     return out
+
+
+# ----------------------------------------------------------------------------- integer rules
+#
+# Requantization multiplies an integer by a real M > 0 given as M0 * 2^-n, with M0 an integer of
+# MULTIPLIER_BITS bits (M0 in [2^30, 2^31), so it fits int32) and n >= 0, followed by a rounding
+# right shift (half to even, like everything else). M0 = round_half_even(mantissa(M) * 2^31).
+
+MULTIPLIER_BITS = 31
+_MAX_SHIFT = 62
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """(M0, n) with M0 * 2^-n the fixed-point form of m > 0 (M0 < 2^31, 0 <= n <= 62)."""
+    if not (math.isfinite(m) and m > 0):
+        raise ValueError(f"requantization multiplier must be finite and > 0, got {m}")
+    mantissa, exponent = math.frexp(m)  # m = mantissa * 2^exponent, mantissa in [0.5, 1)
+    m0 = round(mantissa * (1 << MULTIPLIER_BITS))  # Python's round() is half to even
+    if m0 == 1 << MULTIPLIER_BITS:
+        m0 //= 2
+        exponent += 1
+    n = MULTIPLIER_BITS - exponent
+    if n < 0:
+        raise ValueError(f"requantization multiplier {m} is too large for the int32 fixed-point form")
+    if n > _MAX_SHIFT:  # tiny multipliers lose low mantissa bits rather than overflow the shift
+        m0 = int(round_half_even(np.float64(m0) / 2.0 ** (n - _MAX_SHIFT)))
+        n = _MAX_SHIFT
+    return m0, n
+
+
+def rounding_rshift(x: np.ndarray, n: np.ndarray | int) -> np.ndarray:
+    """round_half_even(x / 2^n) for integer arrays (n >= 0, per element or broadcast)."""
+    x = np.asarray(x)
+    n = np.asarray(n, dtype=np.int64)
+    if not np.any(n):
+        return x
+    one = np.ones_like(x)
+    floor = x >> n
+    rem = x - (floor << n)
+    half = np.where(n > 0, one << np.maximum(n - 1, 0), 1)  # n == 0 never rounds (rem is 0)
+    up = (rem > half) | ((rem == half) & ((floor & 1) == 1) & (n > 0))
+    return floor + up.astype(x.dtype)
+
+
+def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, zero_point: np.ndarray | int,
+               qmin: int, qmax: int) -> np.ndarray:
+    """clip(zero_point + rounding_rshift(acc * M0, n), qmin, qmax), exact for any int64 acc.
+
+    acc * M0 is computed in int64 when it cannot overflow (|acc| < 2^32), else in Python integers.
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    m0 = np.asarray(m0, dtype=np.int64)
+    if acc.size and int(np.abs(acc).max()) >= 1 << 32:
+        wide = acc.astype(object) * m0.astype(object)
+        shifted = np.vectorize(_py_rounding_rshift, otypes=[object])(wide, np.asarray(n).astype(object))
+        out = np.clip(shifted + np.asarray(zero_point).astype(object), qmin, qmax)
+        return out.astype(np.int64)
+    return np.clip(rounding_rshift(acc * m0, n) + zero_point, qmin, qmax).astype(np.int64)
+
+
+def _py_rounding_rshift(x: int, n: int) -> int:
+    if n == 0:
+        return x
+    floor = x >> n
+    rem = x - (floor << n)
+    half = 1 << (n - 1)
+    return floor + (1 if rem > half or (rem == half and floor & 1) else 0)
+
+
+def rounding_divide(a: np.ndarray, b: int) -> np.ndarray:
+    """round_half_even(a / b) for integer a and a positive integer b, exactly."""
+    a = np.asarray(a, dtype=np.int64)
+    q, r = np.divmod(a, b)
+    twice = 2 * r
+    up = (twice > b) | ((twice == b) & ((q & 1) == 1))
+    return q + up
+
+
+def bias_to_accumulator(bias: np.ndarray, acc_scale: np.ndarray) -> np.ndarray:
+    """A float bias in accumulator units: round_half_even(b / (sx * sw)) as int64 (DESIGN.md §3).
+
+    Computed in float64 from the float32 bias and the float64 product of the float32 scales.
+    """
+    return round_half_even(np.asarray(bias, np.float64) / np.asarray(acc_scale, np.float64)).astype(np.int64)
+
+
+def integer_thresholds(spec: Thresholds, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """Thresholds of `spec` on the integer codes q of an input worth scale * (q - zero_point).
+
+    s (q - z) >= t  <=>  q >= z + ceil(t / s) for s > 0; computed in float64, infinities clipped to
+    the int64 range. Returns a [C, T] (or [1, T]) int64 array, C along spec.axis.
+    """
+    t = np.asarray(spec.thresholds, dtype=np.float64)
+    s = np.asarray(scale, dtype=np.float64).reshape(-1, 1)
+    z = np.asarray(zero_point, dtype=np.float64).reshape(-1, 1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = np.ceil(t / s) + z
+    q = np.nan_to_num(q, nan=0.0, posinf=2.0**62, neginf=-(2.0**62))
+    return np.clip(q, -(2.0**62), 2.0**62).astype(np.int64)

@@ -17,7 +17,11 @@ import numpy as np
 from qcc.errors import ShapeError, UnsupportedOpError, VerifyError
 from qcc.ir.types import TensorType
 
-__all__ = ["AttrSpec", "OpDef", "REQUIRED", "register", "get_op", "all_ops", "has_op"]
+__all__ = ["ANALYSIS_ATTRS", "AttrSpec", "OpDef", "REQUIRED", "register", "get_op", "all_ops", "has_op"]
+
+# Attributes any node may carry whatever its op: results of analyses (e.g. the `calibrate` pass's
+# statistics). They print and parse with the graph but are not part of the op's semantics.
+ANALYSIS_ATTRS = frozenset({"calibration"})
 
 
 class _Required:
@@ -111,6 +115,8 @@ class OpDef:
     def check_attrs(self, attrs: dict[str, Any], node_name: str) -> None:
         for name, value in attrs.items():
             spec = self.attrs.get(name)
+            if spec is None and name in ANALYSIS_ATTRS:
+                continue
             if spec is None:
                 known = ", ".join(sorted(self.attrs)) or "none"
                 raise VerifyError(f"node '{node_name}' ({self.name}): unknown attribute '{name}' "
