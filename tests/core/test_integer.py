@@ -87,7 +87,7 @@ def test_integer_within_one_lsb_of_fake_quant(data, kind):
     g, inputs, lsb = _conv_layer(data.draw, kind)
     fake = run(g, inputs, mode="fake")["conv:out"]
     exact = run(g, inputs, mode="int")["conv:out"]
-    assert np.max(np.abs(fake - exact)) <= lsb * (1 + 1e-6)
+    assert np.max(np.abs(fake - exact)) <= lsb * 1.001  # one step, up to float32 rounding of the values
 
 
 def test_bipolar_layer_is_xnor_popcount():

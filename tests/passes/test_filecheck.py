@@ -1,9 +1,11 @@
 """Text tests for passes: each tests/filecheck/<pass>.qir holds a `# RUN: <pipeline>` line, the input
 IR, a `# ----- expected` line and the exact IR the pipeline must print. Weights for the input are
-made deterministically from the declared constant types."""
+made deterministically from the declared constant types, except that a `# DATA: <handle> = <json>`
+line in the input gives a constant its data (e.g. a BN variance that must be positive)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +16,24 @@ from qcc.pass_manager import run_pipeline
 
 CASES = sorted((Path(__file__).parents[1] / "filecheck").glob("*.qir"))
 SEPARATOR = "# ----- expected"
+DATA_PREFIX = "# DATA:"
+
+
+def _declared_data(text: str) -> dict[str, list]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(DATA_PREFIX):
+            handle, _, value = line.removeprefix(DATA_PREFIX).rpartition("=")
+            out[handle.strip()] = json.loads(value)
+    return out
 
 
 def _weights(text: str) -> dict[str, np.ndarray]:
     out = {}
+    given = _declared_data(text)
     for i, (handle, (ttype, _)) in enumerate(sorted(declared_constants(text).items())):
         n = ttype.numel()
-        data = ((np.arange(n) * 7 + i) % 11 - 5) * 0.25
+        data = np.asarray(given[handle]) if handle in given else ((np.arange(n) * 7 + i) % 11 - 5) * 0.25
         out[handle] = data.reshape(ttype.concrete()).astype(ttype.dtype)
     return out
 
