@@ -120,7 +120,7 @@ def _skip_reason(graph: Graph, layer: Node, bn: Node, params: list[Value | None]
     if not np.issubdtype(np.dtype(params[0].type.dtype), np.floating):
         return f"the weight of '{layer.name}' is not a float tensor"
     var = bn.inputs[4].data.astype(np.float64)
-    if np.any(~(var + bn.attrs["epsilon"] > options.min_var)):
+    if not np.all(var + bn.attrs["epsilon"] > options.min_var):  # also catches NaN
         return f"a channel has var + epsilon <= min-var ({options.min_var})"
     return None
 
