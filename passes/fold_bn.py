@@ -31,9 +31,18 @@ would be lost); an annotated weight or bias (folding changes the weights, so the
 longer applies: fold-bn belongs before `quantize` in a pipeline); non-float weights; a channel with
 `var + epsilon <= min_var`; folded parameters that are not finite.
 
-The pass is a list of rewrites (`REWRITES`), each a pattern and a function that folds one match;
-the BN + monotone activation + quantizer -> multi-threshold form is meant to join it as another
-entry.
+The pass is a list of rewrites (`REWRITES`), each a pattern and a function that folds one match.
+
+Threshold form (`fold-bn{thresholds=true}`, for integer targets; FINN streamlining, seed 003):
+a quantized layer whose accumulator feeds BN -> (Relu | Clip)? -> a uniform quantizer becomes the
+layer alone with a `thresholds` annotation on its accumulator:
+
+    q_out(acc) = Q(act(BN(acc * s_acc)))   is non-decreasing in acc when g > 0, so
+    q_out(acc) - qmin = #{k : T_k <= acc},  T_k = min{acc : q_out(acc) - qmin >= k}
+
+The T_k are integers on the accumulator (input_scale = s_acc), found by bisection on the integer
+reference itself (qcc.numerics.step_thresholds over qcc.integer), so the rewrite is exact on every
+integer. Channels with g < 0 would need their weights negated; such layers keep the float form.
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.pattern import ANY, OPTIONAL, Match, Pattern
 from qcc.pass_manager import Pass, PassContext, PassResult
 
-__all__ = ["FoldBatchNormPass", "Rewrite", "REWRITES"]
+__all__ = ["FoldBatchNormPass", "Rewrite", "REWRITES", "THRESHOLD_REWRITES"]
 
 _log = logging.getLogger(__name__)
 
@@ -61,6 +70,7 @@ class FoldBatchNormPass(Pass):
 
     name = "fold-bn"
     min_var: float = 0.0  # skip a BN with a channel whose var + epsilon <= min_var
+    thresholds: bool = False  # integer targets: BN + activation + quantizer -> accumulator thresholds
 
     def __post_init__(self):
         if not math.isfinite(self.min_var) or self.min_var < 0:
@@ -68,7 +78,8 @@ class FoldBatchNormPass(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         changed = False
-        for rewrite in REWRITES:
+        rewrites = (*THRESHOLD_REWRITES, *REWRITES) if self.thresholds else REWRITES
+        for rewrite in rewrites:
             changed |= _apply_to_fixed_point(graph, rewrite, self)
         return PassResult(changed)
 
@@ -241,6 +252,87 @@ def _remove_unused(graph: Graph, values: list[Value | None]) -> set[int]:
         removed.add(id(v))
     return removed
 
+
+# ---------------------------------------------------------------------------------- thresholds
+
+def _threshold_pattern(with_activation: bool):
+    def build() -> Pattern:
+        p = Pattern()
+        p.op("layer", ("Conv", "Gemm", "MatMul"), ANY, ANY, OPTIONAL)
+        p.op("bn", "BatchNormalization", "layer", ANY, ANY, ANY, ANY)
+        if with_activation:
+            p.op("act", ("Relu", "Clip"), "bn")
+        return p
+
+    return build
+
+
+def _fold_into_thresholds(graph: Graph, match: Match, options: FoldBatchNormPass) -> bool:
+    from qcc.integer import QTensor, constant_value, evaluate_node, quantize_result, to_float
+    from qcc.ir.quant import Thresholds, Uniform
+    from qcc.numerics import step_thresholds
+
+    layer, bn = match["layer"], match["bn"]
+    last = match.nodes.get("act", bn)
+    x, out_spec = layer.inputs[0], last.output.quant
+    if not isinstance(x.quant, Uniform) or x.quant.axis is not None or not isinstance(out_spec, Uniform) \
+            or out_spec.axis is not None:
+        return _skip(bn, "threshold form needs a per-tensor uniform input and output quantizer")
+    if layer.output.quant is not None or (last is not bn and bn.output.quant is not None):
+        return _skip(bn, "an intermediate value is annotated")
+    if not all(v is None or v.is_constant for v in layer.inputs[1:]) or layer.inputs[1].quant is None:
+        return _skip(bn, f"'{layer.name}' needs constant, quantized weights")
+    if not all(v.is_constant for v in bn.inputs[1:]) or np.any(_bn_scale(bn) < 0):
+        return _skip(bn, "BN parameters are not constants or a channel has a negative scale")
+    # the accumulator scale and a bound on |acc|, from the integer semantics of the layer itself
+    shape = x.type.concrete()
+    xq = x.quant
+    zeros = QTensor(np.full(shape, xq.zero_point, np.int64), np.asarray(xq.scale), np.asarray(xq.zero_point))
+    args = [zeros] + [constant_value(v) if v is not None else None for v in layer.inputs[1:]]
+    acc0 = evaluate_node(layer, args)[0]
+    if not isinstance(acc0, QTensor):
+        return _skip(bn, f"'{layer.name}' has no integer accumulator")
+    weight = args[1]
+    reach = max(abs(xq.qmin - xq.zero_point), abs(xq.qmax - xq.zero_point))
+    bound = int(np.abs(weight.centred()).sum()) * reach + int(np.abs(acc0.q).max()) + 1
+    channels = layer.output.type.shape[1]
+    rank = layer.output.type.rank
+    acc_scale = np.broadcast_to(np.asarray(acc0.scale, np.float64).reshape(-1), (channels,))
+
+    def levels(acc: np.ndarray) -> np.ndarray:  # acc [C, K] -> codes - qmin [C, K]
+        q = np.moveaxis(acc, 0, 1).reshape((acc.shape[1], channels) + (1,) * (rank - 2))
+        scale = acc_scale.reshape((1, channels) + (1,) * (rank - 2))
+        real = to_float(QTensor(q, scale, np.zeros((), np.int64)))
+        y = evaluate_node(bn, [real] + [v.data for v in bn.inputs[1:]])[0]
+        if last is not bn:
+            y = evaluate_node(last, [y])[0]
+        codes = quantize_result(np.asarray(y, np.float32), out_spec).q
+        return np.moveaxis(codes.reshape(acc.shape[1], channels), 1, 0) - out_spec.qmin
+
+    n_levels = out_spec.qmax - out_spec.qmin
+    table = step_thresholds(levels, np.full(channels, -bound), np.full(channels, bound), n_levels)
+    spec = Thresholds(bits=out_spec.bits, thresholds=tuple(tuple(row) for row in table.tolist()),
+                      out_scale=out_spec.scale, out_bias=out_spec.scale * (out_spec.qmin - out_spec.zero_point),
+                      axis=1, input_scale=tuple(acc_scale.tolist()) if channels > 1 else float(acc_scale[0]))
+    final = last.output
+    layer.output.quant = spec
+    layer.output.region = final.region
+    graph.replace_all_uses(final, layer.output)
+    name = final.name if graph.is_output(layer.output) else None
+    bn_consts = list(bn.inputs[1:])
+    if last is not bn:
+        graph.erase(last)
+    graph.erase(bn)
+    if name is not None:
+        graph.rename_value(layer.output, name)
+    _remove_unused(graph, bn_consts)
+    return True
+
+
+THRESHOLD_REWRITES: tuple[Rewrite, ...] = (
+    Rewrite("AbsorbBatchNormActivationIntoThresholds", _threshold_pattern(True), _fold_into_thresholds),
+    Rewrite("AbsorbBatchNormIntoThresholds", _threshold_pattern(False), _fold_into_thresholds),
+)
 
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite("FoldBatchNormIntoConv", _conv_bn_pattern, _fold_into_conv),

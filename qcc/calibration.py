@@ -55,6 +55,7 @@ __all__ = [
     "percentile_range",
     "mse_range",
     "kl_threshold",
+    "kl_divergence",
     "kl_range",
     "select_range",
     "range_quantize",
@@ -309,28 +310,28 @@ def kl_threshold(hist: Histogram, levels: int) -> float:
     tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tail[i] = sum(counts[i:])
     best_i, best_kl = n, math.inf
     for i in range(levels, n + 1):
-        kl = _kl_candidate(counts[:i], tail[i], levels)
+        kl = kl_divergence(counts[:i], tail[i], levels)
         if kl < best_kl:
             best_i, best_kl = i, kl
     return float(hist.edges[best_i])
 
 
-def _kl_candidate(kept: np.ndarray, outliers: float, levels: int) -> float:
-    p = kept.copy()
+def kl_divergence(kept: np.ndarray, outliers: float, levels: int) -> float:
+    """KL(P || Q) of one candidate: `kept` bin counts, `outliers` the mass above them."""
+    p = np.asarray(kept, dtype=np.float64).copy()
     p[-1] += outliers
     nonzero = p > 0
-    starts = (np.arange(levels) * len(kept)) // levels
+    starts = (np.arange(levels) * len(p)) // levels
     group_mass = np.add.reduceat(kept, starts)
     group_nonzero = np.add.reduceat(nonzero.astype(np.float64), starts)
-    group_of_bin = np.repeat(np.arange(levels), np.diff(np.append(starts, len(kept))))
+    group_of_bin = np.repeat(np.arange(levels), np.diff(np.append(starts, len(p))))
     share = np.divide(group_mass, group_nonzero, out=np.zeros(levels), where=group_nonzero > 0)
-    q = np.where(nonzero, share[group_of_bin], 0.0)
-    p_nz, q_nz = p[nonzero], q[nonzero]
-    if np.any(q_nz <= 0):
+    q = share[group_of_bin][nonzero]
+    if np.any(q <= 0):
         return math.inf
-    p_nz = p_nz / p_nz.sum()
-    q_nz = q_nz / q_nz.sum()
-    return float(np.sum(p_nz * np.log(p_nz / q_nz)))
+    p = p[nonzero] / p.sum()
+    q = q / q.sum()
+    return float(np.sum(p * np.log(p / q)))
 
 
 def kl_range(stats: ValueStatistics, bits: int) -> tuple[float, float]:

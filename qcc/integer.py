@@ -51,7 +51,8 @@ from qcc.numerics import (
 )
 from qcc.ops import get_op
 
-__all__ = ["QTensor", "IntegerSemantics", "run_integer", "to_float"]
+__all__ = ["QTensor", "IntegerSemantics", "run_integer", "to_float", "quantize_result", "evaluate_node",
+           "constant_value"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ def _spec_params(spec: QuantSpec, rank: int) -> tuple[np.ndarray, np.ndarray]:
     return scale.reshape(scale.shape if scale.size > 1 else ()), zp.reshape(zp.shape if zp.size > 1 else ())
 
 
-def _constant(value: Value) -> Runtime:
+def constant_value(value: Value) -> Runtime:
+    """A constant as the integer semantics sees it (codes for annotated weights, else float)."""
     data, spec = value.data, value.quant
     if isinstance(spec, Uniform):
         scale, zp = _spec_params(spec, data.ndim)
@@ -133,6 +135,11 @@ def _requantize(x: QTensor, spec: QuantSpec) -> Runtime:
         scale, _ = _spec_params(spec, x.q.ndim)
         return QTensor(np.where(x.q >= x.zero_point, 1, -1).astype(np.int64), scale, np.zeros((), np.int64))
     raise QccError(f"no integer rule for a {spec.scheme} annotation on an activation")
+
+
+def quantize_result(result: Runtime, spec: QuantSpec) -> Runtime:
+    """Apply an annotation to an exact result (integer: requantize; float: quantize)."""
+    return _requantize(result, spec) if isinstance(result, QTensor) else _quantize_float(result, spec)
 
 
 def _channel_vector(a: np.ndarray, axis: int, channels: int) -> np.ndarray:
@@ -291,23 +298,26 @@ def _integer_rule(node: Node, args: list[Runtime | None]) -> list[Runtime] | Non
     return None
 
 
+def evaluate_node(node: Node, args: list[Runtime | None]) -> list[Runtime]:
+    """The exact result of one node on integer-semantics runtime values (before its annotation)."""
+    result = _integer_rule(node, args)
+    return result if result is not None else _float_island(node, args)
+
+
 class IntegerSemantics(FloatSemantics):
     """The integer-exact reference (see the module docstring)."""
 
     name = "int"
 
     def evaluate(self, node: Node, args: list[Runtime | None]) -> list[Runtime]:
-        result = _integer_rule(node, args)
-        if result is None:
-            result = _float_island(node, args)
-        return result
+        return evaluate_node(node, args)
 
     def value(self, value: Value, array: Runtime) -> Runtime:
         if value.is_constant:
-            return _constant(value)
+            return constant_value(value)
         spec = value.quant
         if spec is not None:
-            array = _requantize(array, spec) if isinstance(array, QTensor) else _quantize_float(array, spec)
+            array = quantize_result(array, spec)
         if value.region is not None and not value.region.empty:
             array = _crop(array, value.region)
         return array

@@ -61,7 +61,7 @@ def dequantize(q: np.ndarray, spec: Uniform, dtype=np.float32) -> np.ndarray:
 
 def apply_thresholds(x: np.ndarray, spec: Thresholds) -> np.ndarray:
     """out_scale * (number of thresholds <= x) + out_bias, per channel along spec.axis."""
-    t = np.asarray(spec.thresholds, dtype=np.float64)  # C x T
+    t = spec.real_thresholds()  # C x T
     xm = np.moveaxis(x.astype(np.float64), spec.axis, -1)[..., None]  # ..., C, 1
     levels = (xm >= t).sum(axis=-1)
     out = spec.out_scale * levels + spec.out_bias
@@ -201,12 +201,44 @@ def integer_thresholds(spec: Thresholds, scale: np.ndarray, zero_point: np.ndarr
     """Thresholds of `spec` on the integer codes q of an input worth scale * (q - zero_point).
 
     s (q - z) >= t  <=>  q >= z + ceil(t / s) for s > 0; computed in float64, infinities clipped to
-    the int64 range. Returns a [C, T] (or [1, T]) int64 array, C along spec.axis.
+    the int64 range. Integer thresholds (spec.input_scale set) on an input at exactly that scale
+    are used as they are: q >= z + t. Returns a [C, T] (or [1, T]) int64 array, C along spec.axis.
     """
-    t = np.asarray(spec.thresholds, dtype=np.float64)
     s = np.asarray(scale, dtype=np.float64).reshape(-1, 1)
     z = np.asarray(zero_point, dtype=np.float64).reshape(-1, 1)
-    with np.errstate(over="ignore", invalid="ignore"):
-        q = np.ceil(t / s) + z
+    own = None if spec.input_scale is None else np.asarray(spec.input_scale, np.float64).reshape(-1, 1)
+    if own is not None and own.size in (1, s.size) and np.array_equal(np.broadcast_to(own, s.shape), s):
+        q = np.asarray(spec.thresholds, dtype=np.float64) + z
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = np.ceil(spec.real_thresholds() / s) + z
     q = np.nan_to_num(q, nan=0.0, posinf=2.0**62, neginf=-(2.0**62))
     return np.clip(q, -(2.0**62), 2.0**62).astype(np.int64)
+
+
+def step_thresholds(levels, lo: np.ndarray, hi: np.ndarray, n_levels: int) -> np.ndarray:
+    """Integer thresholds of a non-decreasing step function, per channel.
+
+    `levels(acc)` maps an int64 array [C, K] of accumulator values (row c for channel c) to integer
+    levels; the result [C, n_levels] holds, for k = 1..n_levels, the smallest acc in [lo, hi] with
+    levels(acc) >= k (-inf when already at lo, +inf when not reached by hi). Bisection evaluates
+    the reference function itself, so the thresholds reproduce it exactly on every integer.
+    """
+    c = np.asarray(lo).reshape(-1, 1).shape[0]
+    k = np.arange(1, n_levels + 1, dtype=np.int64)[None, :]
+    a = np.broadcast_to(np.asarray(lo, np.int64).reshape(-1, 1), (c, n_levels)).copy()
+    b = np.broadcast_to(np.asarray(hi, np.int64).reshape(-1, 1), (c, n_levels)).copy()
+    below = levels(a) >= k  # reached already at lo
+    above = levels(b) < k  # never reached
+    while True:
+        open_ = (b - a > 1) & ~below & ~above
+        if not open_.any():
+            break
+        mid = a + (b - a) // 2
+        reached = levels(mid) >= k
+        b = np.where(open_ & reached, mid, b)
+        a = np.where(open_ & ~reached, mid, a)
+    out = b.astype(np.float64)
+    out[below] = -np.inf
+    out[above] = np.inf
+    return out

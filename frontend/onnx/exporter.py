@@ -25,6 +25,7 @@ from qcc.frontend.onnx.loading import OPSET_MAX, OPSET_MIN
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.types import TensorType
 from qcc.ops import get_op
+from qcc.ops.registry import ANALYSIS_ATTRS
 
 __all__ = ["export_model", "save_model", "FORMATS", "Builder"]
 
@@ -152,8 +153,8 @@ class Builder:
         out = {}
         for key in sorted(n.attrs):
             value = n.attrs[key]
-            if key in skip or value is None:
-                continue
+            if key in skip or key in ANALYSIS_ATTRS or value is None:
+                continue  # analysis results (e.g. calibration) have no ONNX form
             spec = opdef.attrs.get(key)
             kind = _ATTR_TYPES.get(spec.kind) if spec is not None else None
             if kind == onnx.AttributeProto.FLOAT:

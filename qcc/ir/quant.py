@@ -214,6 +214,9 @@ class Thresholds(QuantSpec):
 
     The value is out_scale * level + out_bias. Rows of `thresholds` are per channel along `axis`
     (one row = shared by all channels), each sorted ascending, at most 2^bits - 1 long.
+    With `input_scale` set (per tensor or per channel), thresholds are integers on the input's
+    integer grid (an accumulator at that scale): the real thresholds are input_scale * t, and the
+    integer semantics compares the accumulator with t directly (FINN-style integer thresholds).
     """
 
     scheme: ClassVar[str] = "thresholds"
@@ -222,6 +225,7 @@ class Thresholds(QuantSpec):
     out_scale: float = 1.0
     out_bias: float = 0.0
     axis: int = 1
+    input_scale: float | tuple[float, ...] | None = None
 
     def __post_init__(self):
         _check_bits("thresholds", self.bits, hi=16)
@@ -239,6 +243,15 @@ class Thresholds(QuantSpec):
         if not 1 <= width <= 2**self.bits - 1:
             raise VerifyError(f"thresholds: {width} thresholds per channel do not fit {self.bits} output bits "
                               f"(at most {2 ** self.bits - 1})")
+        if self.input_scale is not None:
+            object.__setattr__(self, "input_scale", _floats("thresholds input_scale", self.input_scale))
+            scales = _as_tuple(self.input_scale)
+            if any(not (math.isfinite(v) and v > 0) for v in scales):
+                raise VerifyError("thresholds: input_scale must be finite and > 0")
+            if len(scales) > 1 and len(rows) not in (1, len(scales)):
+                raise VerifyError(f"thresholds: {len(scales)} input scales for {len(rows)} threshold rows")
+            if any(math.isfinite(t) and not float(t).is_integer() for row in rows for t in row):
+                raise VerifyError("thresholds: with input_scale set, thresholds must be integers (or +-inf)")
         for ch, row in enumerate(rows):
             if any(math.isnan(t) for t in row):
                 raise VerifyError(f"thresholds: channel {ch} has a NaN threshold")
@@ -247,7 +260,15 @@ class Thresholds(QuantSpec):
 
     @property
     def channels(self) -> int | None:
-        return None if len(self.thresholds) == 1 else len(self.thresholds)
+        n = max(len(self.thresholds), len(_as_tuple(self.input_scale)) if self.input_scale is not None else 1)
+        return None if n == 1 else n
+
+    def real_thresholds(self) -> np.ndarray:
+        """[C, T] thresholds in the input's real units (float64)."""
+        t = np.asarray(self.thresholds, dtype=np.float64)
+        if self.input_scale is None:
+            return t
+        return t * np.asarray(self.input_scale, dtype=np.float64).reshape(-1, 1)
 
 
 @dataclass(frozen=True, kw_only=True)
