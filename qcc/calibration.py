@@ -200,7 +200,8 @@ def percentile_range(stats: ValueStatistics, percentile: float = 99.99) -> tuple
     """[P(100 - p), P(p)] from the histogram, widened to contain 0."""
     if not 50.0 < percentile <= 100.0:
         raise QccError(f"percentile must be in (50, 100], got {percentile}")
-    lo = min(stats.percentile(100.0 - percentile), 0.0) if stats.signed else 0.0
+    low = round(100.0 - percentile, 10)  # 100 - 99.9 is 0.0999...4 in binary; use 0.1 as recorded
+    lo = min(stats.percentile(low), 0.0) if stats.signed else 0.0
     return lo, max(stats.percentile(percentile), 0.0)
 
 

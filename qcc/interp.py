@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from qcc.crop import evaluate_interior
 from qcc.errors import ShapeError
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import Thresholds
@@ -49,6 +50,12 @@ class FakeQuantSemantics(FloatSemantics):
     """Every annotation applied in float (quantize-dequantize, crops zeroed)."""
 
     name = "fake"
+    skip_cropped = True  # crop hook (qcc.crop): a cropped output's region is not computed
+
+    def evaluate(self, node: Node, args: list[np.ndarray | None]) -> list[np.ndarray]:
+        if not self.skip_cropped:
+            return super().evaluate(node, args)
+        return evaluate_interior(node, args, super().evaluate)
 
     def value(self, value: Value, array: np.ndarray) -> np.ndarray:
         if value.quant is not None and not value.is_constant:

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcc.ir.quant import Codebook
-from qcc.quantizers._common import MAX_FRAC_BITS, QuantizerError, ceil_log2, check_bits
+from qcc.quantizers._common import MAX_FRAC_BITS, QuantizerError, as_data, ceil_log2, check_bits
 
-__all__ = ["CodebookFit", "codebook_memory_bits", "check_centroid_bits", "build_codebook", "nearest_index"]
+__all__ = ["CodebookFit", "codebook_memory_bits", "encode_codebook", "check_centroid_bits", "build_codebook",
+           "nearest_index"]
 
 _MAX_CENTROID_BITS = 24  # decoding c * 2^-FL is exact in float32 up to 24-bit centroids
 
@@ -59,6 +60,24 @@ def codebook_memory_bits(n_weights: int, bits: int, table_size: int, centroid_bi
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
             raise QuantizerError(f"{what}: {name} must be a non-negative integer, got {v!r}")
     return int(n_weights) * bits + int(table_size) * int(centroid_bits)
+
+
+def encode_codebook(data: object, table: object, bits: int, *, centroid_bits: int = 16) -> CodebookFit:
+    """Encode data with a given table of values (e.g. from a configuration): nearest entry, ties low.
+
+    The table is sorted, rounded to the integer centroid grid and de-duplicated; more than 2^bits
+    distinct entries is an error. Per tensor.
+    """
+    what = "encode_codebook"
+    bits = check_bits(what, bits)
+    centroid_bits = check_centroid_bits(what, centroid_bits)
+    x = as_data(what, data)
+    values = np.unique(as_data(f"{what} table", table).astype(np.float64))
+    if len(values) > 2**bits:
+        raise QuantizerError(f"{what}: a table of {len(values)} values does not fit {bits}-bit indices "
+                             f"(at most {2**bits})")
+    return build_codebook(what, x, bits, centroid_bits, [x.reshape(-1)], [values], None, per_channel=False,
+                          compact=False)
 
 
 def check_centroid_bits(what: str, centroid_bits: object) -> int:

@@ -76,8 +76,10 @@ def integer_length(data: object, *, signed: bool = True) -> int:
 
     All-zero data has IL = 1 if signed else 0 (any FL represents it exactly).
     """
-    what = "integer_length"
-    x = as_data(what, data)
+    return _integer_length("integer_length", as_data("integer_length", data), signed)
+
+
+def _integer_length(what: str, x: np.ndarray, signed: bool) -> int:
     if not signed and np.any(x < 0):
         raise QuantizerError(f"{what}: signed=False but the data has negative values (min {x.min():g})")
     peak = float(np.max(np.abs(x)))
@@ -99,7 +101,7 @@ def fit_dynamic_fixed_point(data: object, bits: int, *, signed: bool = True, sea
     what = "fit_dynamic_fixed_point"
     bits = check_bits(what, bits)
     x = as_data(what, data)
-    fl0 = _clamp_frac_bits(bits - integer_length(x, signed=signed))
+    fl0 = _clamp_frac_bits(bits - _integer_length(what, x, signed))
     if not search:
         return Uniform.fixed_point(bits, fl0, signed=signed)
     pool = _candidates(what, fl0, candidates)

@@ -97,7 +97,6 @@ def interval_codebook(values: np.ndarray, lo: float, hi: float, n: int) -> tuple
     return table, idx
 
 
-@functools.lru_cache(maxsize=None)
 def gaussian_range_k(bits: int) -> float:
     """Half-width k (in std) of the MSE-optimal 2^bits-level uniform quantizer of N(0, 1) (Max, 1960).
 
@@ -105,7 +104,11 @@ def gaussian_range_k(bits: int) -> float:
     each cell by its mid point; k minimises E[(X - Q(X))^2], computed in closed form per cell:
     int_a^b (x - c)^2 phi(x) dx = (1 + c^2)(Phi(b) - Phi(a)) - (b phi(b) - a phi(a)) + 2c (phi(b) - phi(a)).
     """
-    n = 2 ** check_bits("gaussian_range_k", bits)
+    return _optimal_k(2 ** check_bits("gaussian_range_k", bits))
+
+
+@functools.cache
+def _optimal_k(n: int) -> float:
     result = minimize_scalar(lambda k: _uniform_gaussian_mse(k, n), bounds=(0.1, 12.0), method="bounded",
                              options={"xatol": 1e-10})
     return float(result.x)

@@ -16,9 +16,10 @@ themselves (out_scale 1, out_bias 0), as in the seed's integer-only network; oth
 The tail is computed in log space (t_i = mu - sigma * ndtri_exp(log Phi(mu/sigma) + log(1 - i/2^B_a)))
 so thresholds stay finite and ordered even when almost no mass is positive.
 
-Thresholds follow FINN MultiThreshold (level = number of thresholds <= x). With integer=True they
-are integers for the integer accumulator: the seed's bins are half-open (t_{i-1}, t_i], and for an
-integer x, x > t_i exactly when x >= floor(t_i) + 1, so T_i = floor(t_i) + 1.
+Thresholds follow FINN MultiThreshold (level = number of thresholds <= x). With input_scale s set
+they are integers on the integer accumulator a (x = s a), the spec's `input_scale` form: the seed's
+bins are half-open (t_{i-1}, t_i], and for an integer a, s a > t_i exactly when a >= floor(t_i / s) + 1,
+so T_i = floor(t_i / s) + 1 reproduces the seed's Q on every accumulator value.
 
 Weights (seed 003, "Non uniform integer weight quantization", after UNIQ, its ref. 4): map
 w -> u = F(w; mu_w, sigma_w), quantize u uniformly into K = 2^B_w equiprobable bins
@@ -42,25 +43,33 @@ __all__ = ["kquantile_thresholds", "fit_kquantile_thresholds", "fit_kquantile_we
 _TINY_POSITIVE = float(np.finfo(np.float32).tiny)  # thresholds stay > 0 so ReLU's zeros map to level 0
 
 
-def kquantile_thresholds(mean: object, std: object, bits: int, *, integer: bool = False, out_scale: float = 1.0,
-                         out_bias: float = 0.0, axis: int = 1) -> Thresholds:
+def kquantile_thresholds(mean: object, std: object, bits: int, *, input_scale: object = None,
+                         out_scale: float = 1.0, out_bias: float = 0.0, axis: int = 1) -> Thresholds:
     """Seed 003 equiprobable Gaussian-CDF thresholds for a ReLU activation of `bits` bits.
 
-    t_i = F^-1(Z + (1 - Z) i / 2^bits; mean, std), Z = F(0; mean, std), i = 1 .. 2^bits - 1; with
-    integer=True, T_i = floor(t_i) + 1. mean / std are scalars (one row) or one value per channel
-    along `axis`.
+    t_i = F^-1(Z + (1 - Z) i / 2^bits; mean, std), Z = F(0; mean, std), i = 1 .. 2^bits - 1, in the
+    units of mean / std. With input_scale s, integer thresholds on the accumulator: T_i = floor(t_i / s) + 1.
+    mean, std and input_scale are scalars or one value per channel along `axis` (they broadcast).
     """
     what = "kquantile_thresholds"
     bits = check_bits(what, bits)
-    means, stds = _stats(what, mean, std)
+    means, stds, scales = _stats(what, mean, std, input_scale)
     if np.any(stds <= 0):
         raise QuantizerError(f"{what}: std must be > 0, got {float(stds.min()):g}")
-    rows = [_threshold_row(m, s, bits, integer) for m, s in zip(means, stds)]
-    return Thresholds(bits=bits, thresholds=tuple(rows), out_scale=out_scale, out_bias=out_bias, axis=axis)
+    if scales is not None and np.any(scales <= 0):
+        raise QuantizerError(f"{what}: input_scale must be > 0, got {float(scales.min()):g}")
+    rows = [_threshold_row(m, s, bits) for m, s in zip(means, stds)]
+    if scales is None:
+        return Thresholds(bits=bits, thresholds=tuple(rows), out_scale=out_scale, out_bias=out_bias, axis=axis)
+    rows = [tuple(float(v) for v in np.floor(np.asarray(r) / s) + 1.0) for r, s in zip(rows, scales)]
+    spec_scale = float(scales[0]) if len(scales) == 1 else tuple(float(s) for s in scales)
+    return Thresholds(bits=bits, thresholds=tuple(rows), out_scale=out_scale, out_bias=out_bias, axis=axis,
+                      input_scale=spec_scale)
 
 
-def fit_kquantile_thresholds(data: object, bits: int, *, channel_axis: int | None = None, integer: bool = False,
-                             out_scale: float = 1.0, out_bias: float = 0.0) -> Thresholds:
+def fit_kquantile_thresholds(data: object, bits: int, *, channel_axis: int | None = None,
+                             input_scale: object = None, out_scale: float = 1.0, out_bias: float = 0.0
+                             ) -> Thresholds:
     """Seed 003 thresholds from the mean / std of pre-activation data (per tensor or per channel).
 
     The statistics are those of x before ReLU (the seed's running statistics of the MAC result).
@@ -74,9 +83,9 @@ def fit_kquantile_thresholds(data: object, bits: int, *, channel_axis: int | Non
     rows = channels_first(x, axis).astype(np.float64)
     means, stds = rows.mean(axis=1), rows.std(axis=1)
     stds = np.where(stds > 0, stds, np.maximum(MIN_SCALE, np.abs(means) * 2.0**-23))
-    spec_axis = axis if axis is not None else min(1, x.ndim - 1) if x.ndim else 0
-    return kquantile_thresholds(means, stds, bits, integer=integer, out_scale=out_scale, out_bias=out_bias,
-                                axis=spec_axis)
+    spec_axis = axis if axis is not None else (1 if x.ndim > 1 else 0)
+    return kquantile_thresholds(means, stds, bits, input_scale=input_scale, out_scale=out_scale,
+                                out_bias=out_bias, axis=spec_axis)
 
 
 def fit_kquantile_weights(data: object, bits: int, *, per_channel: bool = False, centroid_bits: int = 16,
@@ -98,23 +107,28 @@ def fit_kquantile_weights(data: object, bits: int, *, per_channel: bool = False,
                           per_channel=per_channel, compact=compact)
 
 
-def _stats(what: str, mean: object, std: object) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        means = np.asarray(mean, dtype=np.float64).reshape(-1)
-        stds = np.asarray(std, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise QuantizerError(f"{what}: mean and std must be numbers or lists of numbers") from None
-    if means.size == 0 or stds.size == 0:
-        raise QuantizerError(f"{what}: mean and std must not be empty")
-    if means.size != stds.size and 1 not in (means.size, stds.size):
-        raise QuantizerError(f"{what}: {means.size} means but {stds.size} stds")
-    means, stds = np.broadcast_arrays(means, stds)
-    if not (np.all(np.isfinite(means)) and np.all(np.isfinite(stds))):
-        raise QuantizerError(f"{what}: mean and std must be finite")
-    return means, stds
+def _stats(what: str, mean: object, std: object, input_scale: object
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """mean, std (and input_scale) as equally long finite float64 vectors (scalars broadcast)."""
+    named = {"mean": mean, "std": std} | ({} if input_scale is None else {"input_scale": input_scale})
+    vectors = {}
+    for name, value in named.items():
+        try:
+            vectors[name] = np.asarray(value, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise QuantizerError(f"{what}: {name} must be a number or a list of numbers, got {value!r}") from None
+        if vectors[name].size == 0 or not np.all(np.isfinite(vectors[name])):
+            raise QuantizerError(f"{what}: {name} must be finite numbers, got {value!r}")
+    sizes = {v.size for v in vectors.values()} - {1}
+    if len(sizes) > 1:
+        raise QuantizerError(f"{what}: per-channel lengths differ: "
+                             f"{', '.join(f'{k} {v.size}' for k, v in vectors.items())}")
+    n = sizes.pop() if sizes else 1
+    out = {k: np.broadcast_to(v, (n,)) for k, v in vectors.items()}
+    return out["mean"], out["std"], out.get("input_scale")
 
 
-def _threshold_row(mean: float, std: float, bits: int, integer: bool) -> tuple[float, ...]:
+def _threshold_row(mean: float, std: float, bits: int) -> tuple[float, ...]:
     levels = 2**bits
     i = np.arange(1, levels)
     log_tail = log_ndtr(mean / std) + np.log1p(-i / levels)  # log P(X > t_i) = log((1 - Z)(1 - i/2^B))
@@ -122,8 +136,6 @@ def _threshold_row(mean: float, std: float, bits: int, integer: bool) -> tuple[f
     t = np.maximum.accumulate(np.maximum(t, _TINY_POSITIVE))
     if not np.all(np.isfinite(t)):
         raise QuantizerError(f"kquantile_thresholds: thresholds overflow for mean {mean:g}, std {std:g}")
-    if integer:
-        t = np.floor(t) + 1.0
     return tuple(float(v) for v in t)
 
 
