@@ -17,7 +17,10 @@ Pointwise ops (Relu, BatchNormalization, Add, Concat on channels, ...) read the 
 - `evaluate_interior(node, args, evaluate)`: the node's result computed on the interior only and
   placed into a tensor of the real value zero (zeros, or zero-point codes for integer tensors); the
   semantics then quantize and crop the value as usual. Ops without a rule here (Pad, Softmax, ...)
-  are computed in full and zeroed, which gives the same numbers.
+  are computed in full and zeroed, which gives the same numbers. So is a Conv on float operands
+  (fake-quant mode, float islands of the integer semantics): numpy's float einsum sums in an order
+  that depends on the array shapes, so a smaller float convolution can differ in the last bit, while
+  the integer convolution (int64) is exact. Pools and pointwise ops are exact in float too.
 - Backward rule (`needed_margins`): the input rows / columns that only feed cropped outputs. A
   producer whose every consumer leaves those margins unread may crop them too without changing any
   result (crop-activations{propagate=true}). For a 3x3, stride 1, pad 1 conv the producer's crop is
@@ -73,6 +76,9 @@ STATISTICS = ("gradient", "entropy", "intensity")
 _WINDOW_OPS = {"Conv", "MaxPool", "AveragePool"}
 _UNARY_OPS = {"Relu", "LeakyRelu", "Sigmoid", "Clip", "Identity", "BatchNormalization", "MultiThreshold"}
 _BROADCAST_OPS = {"Add", "Sub", "Mul", "Div"}
+# numpy's float einsum sums in an order that depends on the array shapes, so a float convolution of
+# the interior can differ from the full one in the last bit: only integer convolutions (exact) skip.
+_INTEGER_ONLY = {"Conv"}
 
 
 def interior_slices(region: Region, height: int, width: int) -> tuple[slice, slice]:
@@ -265,16 +271,23 @@ def evaluate_interior(node: Node, args: list, evaluate: Callable[[Node, list], l
     the same input positions with the same padding, and the region holds the real value zero.
     """
     interior = interior_window(node)
-    if interior is None:
+    if interior is None or (node.op in _INTEGER_ONLY and not _integer(args[:2])):
         return evaluate(node, args)
     sliced = [_take(a, i) for a, i in zip(args, interior.index)]
     view = Node(node.op, node.name, list(node.inputs), list(node.outputs), interior.attrs)
     results = evaluate(view, sliced)
+    if node.op in _INTEGER_ONLY and not _integer(results):
+        return evaluate(node, args)  # the semantics ran it as a float island after all
     height, width = _spatial(node.outputs[0].type)
     full = _embed(results[0], interior, height, width) if len(results) == 1 else None
     if full is None:
         return evaluate(node, args)
     return [full]
+
+
+def _integer(values: list) -> bool:
+    """Whether every value is an integer tensor (codes `q` of an integer dtype)."""
+    return all(hasattr(v, "q") and np.issubdtype(np.asarray(v.q).dtype, np.integer) for v in values)
 
 
 # ------------------------------------------------------------------------------ propagation rules

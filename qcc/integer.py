@@ -23,7 +23,8 @@ quantizer applied to the exact result of its producer. The rules, in order of ap
   M0 * 2^-n (qcc.numerics); thresholds -> level = number of integer thresholds <= q
   (qcc.numerics.integer_thresholds); bipolar -> +1 where s(q - z) >= 0 else -1.
   On a float result the annotation quantizes the float (the same rule as fake-quant).
-- Crop regions: the cropped rows/columns are set to the real value zero (q = z).
+- Crop regions: the cropped rows/columns are set to the real value zero (q = z) and are not
+  computed: a node with a cropped output runs on its interior only (qcc.crop.evaluate_interior).
 - Any other op (BatchNormalization not folded, Softmax, Sigmoid, ...) or a MAC with a float operand
   runs in float on the dequantized inputs: a float island, part of the spec, not an error.
 """
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcc.crop import evaluate_interior
 from qcc.errors import QccError
 from qcc.interp import FloatSemantics, run
 from qcc.ir.graph import Graph, Node, Value
@@ -308,9 +310,12 @@ class IntegerSemantics(FloatSemantics):
     """The integer-exact reference (see the module docstring)."""
 
     name = "int"
+    skip_cropped = True  # crop hook (qcc.crop): a cropped output's region is not computed
 
     def evaluate(self, node: Node, args: list[Runtime | None]) -> list[Runtime]:
-        return evaluate_node(node, args)
+        if not self.skip_cropped:
+            return evaluate_node(node, args)
+        return evaluate_interior(node, args, evaluate_node)
 
     def value(self, value: Value, array: Runtime) -> Runtime:
         if value.is_constant:

@@ -17,7 +17,7 @@ import numpy as np
 from qcc.ir.quant import Bipolar, Codebook, QuantSpec, Region, Thresholds, Uniform
 
 __all__ = ["round_half_even", "channel_shape", "quantize_affine", "quantize", "dequantize", "fake_quant",
-           "apply_thresholds", "apply_region", "quantize_multiplier", "rounding_rshift", "requantize",
+           "apply_thresholds", "apply_region", "nearest_index", "quantize_multiplier", "rounding_rshift", "requantize",
            "rounding_divide", "bias_to_accumulator", "MULTIPLIER_BITS"]
 
 
@@ -73,6 +73,16 @@ def _bipolar(x: np.ndarray, spec: Bipolar) -> np.ndarray:
     return (np.where(x >= 0, 1.0, -1.0) * scale).astype(x.dtype)
 
 
+def nearest_index(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Index of the nearest entry of an ascending table; ties go to the lower entry.
+
+    A search on the midpoints, so the result is monotone in `values` even where table entries are
+    closer together than the float spacing at the values (an argmin of distances is not).
+    """
+    midpoints = (table[:-1] + table[1:]) / 2.0
+    return np.searchsorted(midpoints, values, side="left")
+
+
 def _codebook(x: np.ndarray, spec: Codebook) -> np.ndarray:
     """Nearest centroid (ties to the lower one) of each element, per channel table if axis is set."""
     out = np.empty_like(x)
@@ -82,8 +92,7 @@ def _codebook(x: np.ndarray, spec: Codebook) -> np.ndarray:
     for ch in range(moved.shape[0]):
         table = np.sort(np.asarray(tables[ch if len(tables) > 1 else 0], dtype=np.float64))
         values = table * spec.centroid_scale
-        idx = np.abs(moved[ch][..., None].astype(np.float64) - values).argmin(axis=-1)
-        dst[ch] = values[idx]
+        dst[ch] = values[nearest_index(moved[ch].astype(np.float64), values)]
     return out
 
 

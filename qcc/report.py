@@ -5,6 +5,9 @@ Conventions: counts are for one sample (symbolic dims such as a dynamic batch co
 `a_bits` is the bit-width of the activation the layer consumes, `out_bits` of the one it produces,
 `w_bits` of its main weight (input 1); unquantized float32 tensors count as 32 bits.
 bops = macs x w_bits x a_bits (the "#MAC ops" of seed 000).
+Crops (zero-bit edge regions, qcc.crop): `macs_saved` are the MACs of a layer's cropped output
+positions, which are not performed (they stay in `macs`); `activations_cropped` the output elements
+held at 0 bits. The table shows both columns only when a graph has crops.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from qcc.crop import activations_cropped, macs_saved
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import QuantSpec
 from qcc.ops import get_op
@@ -38,6 +42,8 @@ class LayerRow:
     weight_bits_total: int
     activation_bits_total: int
     bops: int
+    macs_saved: int = 0
+    activations_cropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,13 @@ class Report:
                  f"{r.activations:,}", _bits_label(r)] for r in self.layers]
         t = self.totals
         rows.append(["total", "", "", f"{t['macs']:,}", f"{t['params']:,}", f"{t['activations']:,}", ""])
+        if t.get("macs_saved") or t.get("activations_cropped"):  # crop columns, only for cropped graphs
+            header += ["MACs saved", "0-bit acts"]
+            saved = [(r.macs_saved, r.activations_cropped) for r in self.layers]
+            saved.append((t["macs_saved"], t["activations_cropped"]))
+            rows = [row + [f"{m:,}", f"{a:,}"] for row, (m, a) in zip(rows, saved)]
         widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-        right = {3, 4, 5}
+        right = {3, 4, 5, 7, 8}
 
         def fmt(cells):
             return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
@@ -112,6 +123,8 @@ def _row(node: Node) -> LayerRow:
         weight_bits_total=sum(v.type.numel() * _bits(v) for v in consts),
         activation_bits_total=sum(o.type.numel() * _bits(o) for o in node.outputs),
         bops=macs * (w_bits or 0) * (a_bits or 0),
+        macs_saved=macs_saved(node),
+        activations_cropped=sum(activations_cropped(o) for o in node.outputs),
     )
 
 
@@ -127,5 +140,7 @@ def summarize(graph: Graph, config: dict[str, Any] | None = None) -> Report:
         "activation_bits_total": sum(r.activation_bits_total for r in layers),
         "peak_activation_bits": max((r.activation_bits_total for r in layers), default=0),
         "bops": sum(r.bops for r in layers),
+        "macs_saved": sum(r.macs_saved for r in layers),
+        "activations_cropped": sum(r.activations_cropped for r in layers),
     }
     return Report(model=graph.name, layers=layers, totals=totals, config=dict(config or {}))

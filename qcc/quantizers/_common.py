@@ -41,12 +41,12 @@ class QuantizerError(QccError):
     """Bad input to a quantizer fit: bit-width, data or options."""
 
 
-def check_bits(what: str, bits: object, lo: int = 1, hi: int = MAX_BITS) -> int:
-    """`bits` as an int in [lo, hi], or a QuantizerError naming the caller."""
+def check_bits(what: str, bits: object, lo: int = 1, hi: int = MAX_BITS, name: str = "bits") -> int:
+    """`bits` as an int in [lo, hi], or a QuantizerError naming the caller and the option."""
     if isinstance(bits, bool) or not isinstance(bits, int | np.integer):
-        raise QuantizerError(f"{what}: bits must be an integer in [{lo}, {hi}], got {bits!r}")
+        raise QuantizerError(f"{what}: {name} must be an integer in [{lo}, {hi}], got {bits!r}")
     if not lo <= int(bits) <= hi:
-        raise QuantizerError(f"{what}: bits must be in [{lo}, {hi}], got {int(bits)}")
+        raise QuantizerError(f"{what}: {name} must be in [{lo}, {hi}], got {int(bits)}")
     return int(bits)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qcc.ir.quant import Codebook
+from qcc.numerics import nearest_index
 from qcc.quantizers._common import MAX_FRAC_BITS, QuantizerError, as_data, ceil_log2, check_bits
 
 __all__ = ["CodebookFit", "codebook_memory_bits", "encode_codebook", "check_centroid_bits", "build_codebook",
@@ -76,24 +77,18 @@ def encode_codebook(data: object, table: object, bits: int, *, centroid_bits: in
     if len(values) > 2**bits:
         raise QuantizerError(f"{what}: a table of {len(values)} values does not fit {bits}-bit indices "
                              f"(at most {2**bits})")
-    return build_codebook(what, x, bits, centroid_bits, [x.reshape(-1)], [values], None, per_channel=False,
+    return build_codebook(x, bits, centroid_bits, [x.reshape(-1)], [values], None, per_channel=False,
                           compact=False)
 
 
 def check_centroid_bits(what: str, centroid_bits: object) -> int:
-    return check_bits(f"{what} centroid", centroid_bits, lo=2, hi=_MAX_CENTROID_BITS)
+    return check_bits(what, centroid_bits, lo=2, hi=_MAX_CENTROID_BITS, name="centroid_bits")
 
 
-def nearest_index(values: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Index of the nearest entry of an ascending table; ties go to the lower entry (as fake_quant)."""
-    midpoints = (table[:-1] + table[1:]) / 2.0
-    return np.searchsorted(midpoints, values, side="left")
-
-
-def build_codebook(what: str, x: np.ndarray, bits: int, centroid_bits: int, rows: list[np.ndarray],
+def build_codebook(x: np.ndarray, bits: int, centroid_bits: int, rows: list[np.ndarray],
                    tables: list[np.ndarray], indices: list[np.ndarray] | None, *, per_channel: bool,
                    compact: bool) -> CodebookFit:
-    """Turn float tables (ascending, one per row) into an integer-table Codebook and decode.
+    """Turn float tables (ascending, at most 2^bits entries, one per row) into a Codebook and decode.
 
     `rows` are x's elements per channel (one row when per-tensor). `indices` are the rows' indices
     into `tables`; None means "nearest entry of the rounded table" (Lloyd's assignment step).
@@ -103,11 +98,11 @@ def build_codebook(what: str, x: np.ndarray, bits: int, centroid_bits: int, rows
     int_tables, out_idx = [], []
     for ch, (row, table) in enumerate(zip(rows, tables)):
         ints = np.clip(np.rint(np.ldexp(table, frac_bits)), -limit, limit - 1).astype(np.int64)
-        idx = nearest_index(row.astype(np.float64), np.ldexp(ints, -frac_bits).astype(np.float64)) \
-            if indices is None else indices[ch]
+        if indices is None:
+            idx = nearest_index(row.astype(np.float64), np.ldexp(ints, -frac_bits).astype(np.float64))
+        else:
+            idx = indices[ch]
         ints, idx = _merge(ints, idx, compact)
-        if len(ints) > 2**bits:
-            raise QuantizerError(f"{what}: {len(ints)} centroids do not fit {bits}-bit indices (at most {2**bits})")
         int_tables.append(ints)
         out_idx.append(idx)
     scale = 2.0**-frac_bits

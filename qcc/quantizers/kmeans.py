@@ -47,7 +47,7 @@ def fit_kmeans_linear(data: object, bits: int, *, per_channel: bool = False, cen
     what = "fit_kmeans_linear"
     bits, centroid_bits, x, rows = _prepare(what, data, bits, centroid_bits, per_channel)
     fits = [interval_codebook(row, float(row.min()), float(row.max()), 2**bits) for row in rows]
-    return build_codebook(what, x, bits, centroid_bits, list(rows), [t for t, _ in fits], [i for _, i in fits],
+    return build_codebook(x, bits, centroid_bits, list(rows), [t for t, _ in fits], [i for _, i in fits],
                           per_channel=per_channel, compact=compact)
 
 
@@ -66,7 +66,7 @@ def fit_kmeans_gaussian(data: object, bits: int, *, n_std: float | None = None, 
     for row in rows:
         mean, std = float(np.mean(row)), float(np.std(row))
         fits.append(interval_codebook(row, mean - k * std, mean + k * std, 2**bits))
-    return build_codebook(what, x, bits, centroid_bits, list(rows), [t for t, _ in fits], [i for _, i in fits],
+    return build_codebook(x, bits, centroid_bits, list(rows), [t for t, _ in fits], [i for _, i in fits],
                           per_channel=per_channel, compact=compact)
 
 
@@ -80,7 +80,7 @@ def fit_kmeans_lloyd(data: object, bits: int, *, seed: int = 0, max_iter: int = 
     what = "fit_kmeans_lloyd"
     bits, centroid_bits, x, rows = _prepare(what, data, bits, centroid_bits, per_channel)
     tables = [kmeans_1d(row, 2**bits, seed=seed, max_iter=max_iter) for row in rows]
-    return build_codebook(what, x, bits, centroid_bits, list(rows), tables, None, per_channel=per_channel,
+    return build_codebook(x, bits, centroid_bits, list(rows), tables, None, per_channel=per_channel,
                           compact=True)
 
 

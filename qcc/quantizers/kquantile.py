@@ -103,7 +103,7 @@ def fit_kquantile_weights(data: object, bits: int, *, per_channel: bool = False,
         raise QuantizerError(f"{what}: per_channel needs data with a channel axis 0, got a scalar")
     rows = channels_first(x, 0 if per_channel else None)
     fits = [_cdf_codebook(row.astype(np.float64), 2**bits) for row in rows]
-    return build_codebook(what, x, bits, centroid_bits, list(rows), [t for t, _ in fits], [i for _, i in fits],
+    return build_codebook(x, bits, centroid_bits, list(rows), [t for t, _ in fits], [i for _, i in fits],
                           per_channel=per_channel, compact=compact)
 
 
