@@ -11,10 +11,10 @@ Policies (at most one; `propagate` / `forward` may also run alone on crops alrea
 - `config=PATH`: the per-layer TOML of `quantize` (qcc.config): `[layers."<node>"] crop = [t, b, l, r]`
   crops that node's output; `[default] crop = [...]` every layer whose op is in `ops`.
 - `crops="<node>=t,b,l,r;<node>=t,b,l,r"`: the same, inline.
-- `cut="1010"`: seed 004's cut bit vector [T B L R] (or letters, "TL"): those edges of every `ops`
-  layer's output are cropped by `pixels` rows / columns, or, when `fraction` is set, by
-  floor(fraction * side) of each map, so the crop shrinks with the feature map as the layer goes
-  deeper (seed 004 Table II: 25 of 224 at conv1, 2 of 14 at conv5).
+- `cut="1010"`: seed 004's cut bit vector [T B L R] (or edge letters, "TL", the form it is kept
+  in): those edges of every `ops` layer's output are cropped by `pixels` rows / columns, or, when
+  `fraction` is set, by floor(fraction * side) of each map, so the crop shrinks with the feature
+  map as the layer goes deeper (seed 004 Table II: 25 of 224 at conv1, 2 of 14 at conv5).
 - `edges=k`: as `cut`, with the k edges whose input strips are quietest on the calibration data
   (`ctx.config["calib"]["x"]`; mean `statistic` score of the strip against the image centre, see
   qcc.crop.edge_scores).
@@ -118,8 +118,9 @@ class CropActivationsPass(Pass):
             raise QccError(f"give one crop policy, not {' and '.join(given)}")
         if not given and not (self.propagate or self.forward):
             raise QccError("give a crop policy (config, crops, cut or edges) or propagate / forward")
-        if self.cut is not None:
-            parse_cut(self.cut)
+        if self.cut is not None:  # kept as edge letters: "0011" would print as a number and lose its zeros
+            flags = parse_cut(self.cut)
+            object.__setattr__(self, "cut", "".join(side for side, on in zip("TBLR", flags) if on))
         if self.crops is not None:
             _parse_inline(self.crops)
         if self.edges is not None and not 0 <= self.edges <= 4:

@@ -105,11 +105,12 @@ def _layer(table: Mapping[str, Any], where: str) -> LayerConfig:
     return LayerConfig(**values)
 
 
-def parse_config(doc: Mapping[str, Any], source: str = "configuration") -> QuantConfig:
+def parse_config(doc: Mapping[str, Any], source: str = "configuration", base: LayerConfig | None = None) -> QuantConfig:
+    """A QuantConfig from a TOML-like mapping; [default] applies over `base` (8-bit uniform if None)."""
     unknown = sorted(set(doc) - {"default", "layers"})
     if unknown:
         raise QccError(f"{source}: unknown table(s) {', '.join(unknown)}; expected [default] and [layers.\"...\"]")
-    default = _layer(doc.get("default", {}), f"{source} [default]").merged_over(_DEFAULT)
+    default = _layer(doc.get("default", {}), f"{source} [default]").merged_over(base or _DEFAULT)
     layers_doc = doc.get("layers", {})
     if not isinstance(layers_doc, Mapping):
         raise QccError(f"{source}: [layers] must be a table of per-layer tables")
@@ -117,7 +118,7 @@ def parse_config(doc: Mapping[str, Any], source: str = "configuration") -> Quant
     return QuantConfig(default=default, layers=layers)
 
 
-def load_config(path: str | os.PathLike) -> QuantConfig:
+def load_config(path: str | os.PathLike, base: LayerConfig | None = None) -> QuantConfig:
     p = Path(path)
     if not p.is_file():
         raise QccError(f"configuration file {p} does not exist")
@@ -125,4 +126,4 @@ def load_config(path: str | os.PathLike) -> QuantConfig:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise QccError(f"{p}: {e}") from None
-    return parse_config(doc, str(p))
+    return parse_config(doc, str(p), base)

@@ -159,6 +159,7 @@ _PASSES: dict[str, str] = {
     "canonicalize": "qcc.passes.canonicalize:CanonicalizePass",
     "fold-bn": "qcc.passes.fold_bn:FoldBatchNormPass",
     "calibrate": "qcc.passes.calibrate:CalibratePass",
+    "quantize": "qcc.passes.quantize:QuantizePass",
     "crop-activations": "qcc.passes.crop_activations:CropActivationsPass",
 }
 _loaded_entry_points = False

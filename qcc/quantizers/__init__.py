@@ -16,6 +16,7 @@ QuantizerError (a QccError) with one clear line.
 | bipolar                      | fit_bipolar                                | Bipolar    | 001         |
 | given table                  | encode_codebook                            | Codebook   |             |
 | codebook memory              | codebook_memory_bits                       |            | 002 eq. 5   |
+| by scheme name (configs)     | quantize_weights, activation_spec          | any        |             |
 """
 
 from qcc.quantizers._common import MAX_BITS, MIN_SCALE, QuantizerError
@@ -35,6 +36,7 @@ from qcc.quantizers.kmeans import (
     kmeans_1d,
 )
 from qcc.quantizers.kquantile import fit_kquantile_thresholds, fit_kquantile_weights, kquantile_thresholds
+from qcc.quantizers.schemes import activation_spec, quantize_weights
 from qcc.quantizers.uniform import fit_uniform
 
 __all__ = [
@@ -59,4 +61,6 @@ __all__ = [
     "fit_kquantile_weights",
     "BipolarFit",
     "fit_bipolar",
+    "quantize_weights",
+    "activation_spec",
 ]
