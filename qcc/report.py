@@ -3,7 +3,8 @@
 Conventions: counts are for one sample (symbolic dims such as a dynamic batch count as 1).
 `params` counts the elements of a node's constant inputs; `activations` its output elements.
 `a_bits` is the bit-width of the activation the layer consumes, `out_bits` of the one it produces,
-`w_bits` of its main weight (input 1); unquantized float32 tensors count as 32 bits.
+`w_bits` of its main weight (input 1); unquantized float32 tensors count as 32 bits. weight_bits_total
+is storage: elements x bits, plus the centroid tables of codebook weights (seed 002 eq. 5).
 bops = macs x w_bits x a_bits (the "#MAC ops" of seed 000).
 Crops (zero-bit edge regions, qcc.crop): `macs_saved` are the MACs of a layer's cropped output
 positions, which are not performed (they stay in `macs`); `activations_cropped` the output elements
@@ -18,7 +19,7 @@ from typing import Any
 
 from qcc.crop import activations_cropped, macs_saved
 from qcc.ir.graph import Graph, Node, Value
-from qcc.ir.quant import QuantSpec
+from qcc.ir.quant import Codebook, QuantSpec
 from qcc.ops import get_op
 
 __all__ = ["LayerRow", "Report", "summarize", "SCHEMA"]
@@ -92,6 +93,14 @@ def _bits(v: Value) -> int:
     return 8 * _itemsize(v.type.dtype)
 
 
+def _storage_bits(v: Value) -> int:
+    """Bits to store a constant; a codebook adds its centroid tables to the indices (seed 002 eq. 5)."""
+    bits = v.type.numel() * _bits(v)
+    if isinstance(v.quant, Codebook):
+        bits += sum(len(t) for t in v.quant.tables()) * v.quant.centroid_bits
+    return bits
+
+
 def _itemsize(dtype: str) -> int:
     import numpy as np
 
@@ -120,7 +129,7 @@ def _row(node: Node) -> LayerRow:
         activations=activations, w_bits=w_bits, a_bits=a_bits, out_bits=out_bits,
         w_scheme=_scheme(weight.quant) if weight is not None else None,
         a_scheme=_scheme(acts[0].quant) if acts else None,
-        weight_bits_total=sum(v.type.numel() * _bits(v) for v in consts),
+        weight_bits_total=sum(_storage_bits(v) for v in consts),
         activation_bits_total=sum(o.type.numel() * _bits(o) for o in node.outputs),
         bops=macs * (w_bits or 0) * (a_bits or 0),
         macs_saved=macs_saved(node),
