@@ -131,6 +131,10 @@ def _context(args):
         from qcc.io import load_arrays
 
         ctx.config["calib"] = load_arrays(args.calib, what="calibration")
+    if args.config:
+        from qcc.config import load_config
+
+        ctx.config["quant_config"] = load_config(args.config)
     return ctx, timing
 
 
@@ -185,6 +189,7 @@ def cmd_compile(args) -> int:
 
 def _add_pass_options(p) -> None:
     p.add_argument("--calib", metavar="CALIB.npz", help="calibration data (x float32 NCHW, y labels)")
+    p.add_argument("--config", metavar="LAYERS.toml", help="per-layer quantization configuration")
     p.add_argument("--time-passes", action="store_true", help="print the time each pass took")
     p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass as DIR/NNN_<pass>.qir")

@@ -205,3 +205,21 @@ def test_external_data_errors_exit_2(tmp_path, capsys, location, message):
     assert qcc("import", tmp_path / "m" / "model.onnx", "-o", tmp_path / "m" / "out.qir") == 2
     assert message in _one_line_error(capsys)
     assert _listing(tmp_path / "m") == ["model.onnx"]
+
+
+def test_opt_quantizes_with_config_and_runs_integer(tmp_path, capsys):
+    from qcc.examples import CALIB
+
+    cfg = tmp_path / "layers.toml"
+    cfg.write_text('[default]\nw_bits = 4\na_bits = 8\n[layers."/fc/Gemm"]\nw_bits = 8\n')
+    out = tmp_path / "q.qir"
+    assert qcc("opt", MODEL, "-p", "fold-bn,calibrate,quantize", "--calib", CALIB, "--config", cfg, "-o", out) == 0
+    text = out.read_text()
+    assert "quant uniform{bits = 4" in text and "quant uniform{bits = 8" in text
+    capsys.readouterr()
+    assert qcc("run", out, EVAL, "-o", tmp_path / "o.npz") == 0
+    printed = capsys.readouterr().out
+    assert "int semantics" in printed and "top-1 accuracy against y" in printed
+    assert qcc("opt", MODEL, "-p", "fold-bn,calibrate,quantize", "--calib", CALIB, "--config", cfg,
+               "-o", tmp_path / "q.onnx", "--onnx-format", "qdq") == 0
+    onnx.checker.check_model(onnx.load(tmp_path / "q.onnx"))
