@@ -16,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-
 from qcc.examples import MODEL, load_split
 from qcc.frontend import load_model
 from qcc.interp import run
