@@ -138,9 +138,11 @@ class CropActivationsPass(Pass):
         before = {id(v): v.region for v in graph.values()}
         for node, crop in self._plan(graph, ctx).items():
             self._set_crop(node, crop, ctx)
-        grown = True
-        while grown and (self.propagate or self.forward):
-            grown = (self.propagate and _propagate_backward(graph)) | (self.forward and _propagate_forward(graph))
+        while self.propagate or self.forward:  # regions only grow, so this ends
+            grown = _propagate_backward(graph) if self.propagate else False
+            grown |= _propagate_forward(graph) if self.forward else False
+            if not grown:
+                break
         return PassResult(any(v.region != before.get(id(v)) for v in graph.values()))
 
     def _error(self, reason: str, ctx: PassContext, node: Node | None = None) -> PassError:

@@ -348,7 +348,7 @@ def implied_output_region(node: Node) -> Region | None:
     if len(node.outputs) != 1 or not _keeps_zero(node):
         return None
     out_size = _spatial(node.outputs[0].type)
-    maps = [v for v in node.inputs[:1]] if node.op in _WINDOW_OPS else [v for v in node.inputs if v is not None]
+    maps = list(node.inputs[:1]) if node.op in _WINDOW_OPS else [v for v in node.inputs if v is not None]
     if out_size is None or not maps:
         return None
     if any(v.is_constant or v.region is None or _spatial(v.type) is None for v in maps):

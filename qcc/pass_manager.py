@@ -342,8 +342,10 @@ def _format_option(value: Any) -> str:
         return "[" + ",".join(_format_option(v) for v in value) + "]"
     if isinstance(value, str):
         import json
+        import re
 
-        return value if value.replace("-", "").replace("_", "").isalnum() else json.dumps(value)
+        bare = re.fullmatch(r"[A-Za-z_./][A-Za-z0-9_./\-]*", value) and value.lower() not in ("true", "false", "none")
+        return value if bare else json.dumps(value)
     return repr(value)
 
 

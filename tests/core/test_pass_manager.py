@@ -153,3 +153,9 @@ def test_registry_is_lazy_and_checked():
 def test_pass_is_callable_on_a_graph():
     g = _graph()
     assert _ScaleWeightsPass(factor=0.5)(g).changed is True
+
+
+@pytest.mark.parametrize("note", ["0011", "true", "none", "a b", "x=1", "/tmp/a.toml", "-3"])
+def test_string_options_print_and_parse_back(note):
+    p = _ScaleWeightsPass(note=note)
+    assert parse_pipeline(p.spec())[0] == p
