@@ -27,7 +27,7 @@ from qcc.ir.quant import QuantSpec, Region
 from qcc.pass_manager import Pass, PassContext, PassResult
 from qcc.quantizers import activation_spec, quantize_weights
 
-__all__ = ["QuantizePass", "LAYER_OPS"]
+__all__ = ["QuantizePass", "LAYER_OPS", "output_axis"]
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -66,7 +66,10 @@ class QuantizePass(Pass):
         return QuantConfig(default=self.base(), layers={})
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        config = self.resolve(ctx)
+        return PassResult(self.apply(graph, self.resolve(ctx), ctx))
+
+    def apply(self, graph: Graph, config: QuantConfig, ctx: PassContext) -> bool:
+        """Quantize `graph` by `config`; whether it changed. Passes that build a QuantConfig (binarize) call this."""
         config.check_layers([n.name for n in graph.nodes], where=f"pass '{self.name}' configuration")
         changed = False
         claimed: set[int] = set()  # inputs already given a quantizer by an earlier layer in this run
@@ -77,14 +80,14 @@ class QuantizePass(Pass):
             changed |= self._weights(graph, node, layer)
             changed |= self._activation(graph, node, layer, ctx, claimed)
             changed |= self._crop(node, layer)
-        return PassResult(changed)
+        return changed
 
     # -------------------------------------------------------------------- parts
     def _weights(self, graph: Graph, node: Node, layer: LayerConfig) -> bool:
         w = node.inputs[1]
         if layer.w_scheme == "float" or w is None or not w.is_constant:
             return False
-        axis = _output_axis(node) if layer.per_channel else None
+        axis = output_axis(node) if layer.per_channel else None
         if _already(w.quant, layer, axis):
             return False  # refitting quantized data could move a float32 scale by one ulp
         try:
@@ -148,7 +151,7 @@ def _already(spec: QuantSpec | None, layer: LayerConfig, axis: int | None) -> bo
     return bits_ok and (getattr(spec, "axis", None) is None) == (axis is None)
 
 
-def _output_axis(node: Node) -> int:
+def output_axis(node: Node) -> int:
     """The weight axis that indexes output channels."""
     if node.op == "Conv":
         return 0

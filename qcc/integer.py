@@ -262,7 +262,9 @@ def _integer_rule(node: Node, args: list[Runtime | None]) -> list[Runtime] | Non
     if op in _PASS_THROUGH:
         codes = get_op(op).evaluate([x.q.astype(np.float64)], node.attrs)[0]
         if x.scale.size > 1 or x.zero_point.size > 1:
-            return None if op != "MaxPool" else [QTensor(codes.astype(np.int64), x.scale, x.zero_point)]
+            if op not in ("MaxPool", "Identity"):  # these keep every element on its channel
+                return None
+            return [QTensor(codes.astype(np.int64), x.scale, x.zero_point)]
         return [QTensor(codes.astype(np.int64), x.scale, x.zero_point)]
     if op == "Relu":
         return [QTensor(np.maximum(x.q, x.zero_point), x.scale, x.zero_point)]

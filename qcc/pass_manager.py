@@ -161,6 +161,9 @@ _PASSES: dict[str, str] = {
     "calibrate": "qcc.passes.calibrate:CalibratePass",
     "quantize": "qcc.passes.quantize:QuantizePass",
     "crop-activations": "qcc.passes.crop_activations:CropActivationsPass",
+    "kmeans-codebook": "qcc.passes.kmeans_codebook:ExtractCodebooksPass",
+    "binarize": "qcc.passes.binarize:BinarizePass",
+    "residual-rewrite": "qcc.passes.residual_rewrite:RewriteResidualPass",
 }
 _loaded_entry_points = False
 

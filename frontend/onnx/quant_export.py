@@ -26,7 +26,7 @@ from qcc.frontend.onnx.exporter import QONNX_DOMAIN, Builder
 from qcc.frontend.onnx.quant_import import clip_bounds
 from qcc.ir.graph import Node, Value
 from qcc.ir.quant import Bipolar, Codebook, QuantSpec, Thresholds, Uniform
-from qcc.numerics import quantize
+from qcc.numerics import bias_to_accumulator, quantize
 
 __all__ = ["wrap_value", "export_constant", "exports_as_quantizer"]
 
@@ -186,6 +186,8 @@ def export_constant(b: Builder, c: Value) -> None:
     b.names[id(c)] = c.name
     spec = c.quant
     data = np.asarray(c.data)
+    if spec is None and b.format == "qdq" and _int32_bias(b, c):
+        return
     if spec is None or isinstance(spec, Codebook):
         b.initializers.append(_tensor(data, c.name))
         return
@@ -219,3 +221,60 @@ def _tensor(data: np.ndarray, name: str):
     from onnx import numpy_helper
 
     return numpy_helper.from_array(np.array(data, order="C"), name)
+
+
+# ---------------------------------------------------------------------- biases in accumulator units
+_INT32 = np.iinfo(np.int32)
+
+
+def _accumulator_scale(node: Node, channels: int) -> np.ndarray | None:
+    """sx * sw per output channel (float64, as qcc.integer computes it) when `node` runs as an
+    integer MAC with its bias in accumulator units: per-tensor Uniform input, Uniform weights."""
+    if node.op not in ("Conv", "Gemm") or len(node.inputs) < 3:
+        return None
+    if node.op == "Gemm" and (node.attrs["alpha"] != 1.0 or node.attrs["beta"] != 1.0 or node.attrs["transA"]):
+        return None
+    x, w = node.inputs[0], node.inputs[1]
+    xs, ws = x.quant if x is not None else None, w.quant if w is not None else None
+    if not (isinstance(xs, Uniform) and isinstance(ws, Uniform) and xs.axis is None and w.is_constant):
+        return None
+    out_axis = 0 if node.op == "Conv" or node.attrs["transB"] else 1
+    w_scale = np.asarray(ws.scale, dtype=np.float64).reshape(-1)
+    if ws.axis is not None and (ws.axis != out_axis or w_scale.size != channels):
+        return None
+    return float(xs.scale) * np.broadcast_to(w_scale, (channels,))
+
+
+def _int32_bias(b: Builder, c: Value) -> bool:
+    """A float bias of integer MACs as int32 codes at scale sx*sw -> DequantizeLinear.
+
+    The codes are round_half_even(b / (sx sw)) (qcc.numerics.bias_to_accumulator), the bias the
+    integer semantics adds to the accumulator; this is the form onnxruntime fuses into QLinearConv /
+    QGemm. Only when every reader agrees on the scale and the codes fit int32; else the float stays.
+    """
+    data = np.asarray(c.data)
+    if data.ndim != 1 or not data.size or data.dtype.kind != "f" or not c.uses or b.graph.is_output(c):
+        return False
+    scales = []
+    for node, index in c.uses:
+        acc = _accumulator_scale(node, data.shape[0]) if index == 2 else None
+        if acc is None:
+            return False
+        scales.append(acc)
+    if any(not np.array_equal(s, scales[0]) for s in scales[1:]):
+        return False
+    codes = bias_to_accumulator(data, scales[0])
+    if codes.min(initial=0) < _INT32.min or codes.max(initial=0) > _INT32.max:
+        return False
+    scale = scales[0].astype(np.float32)
+    per_channel = bool(np.ptp(scale)) if scale.size else False
+    axis = 0 if per_channel else None
+    if per_channel and b.opset < 13:
+        return False
+    scale_name = b.const(f"{c.name}_scale", scale if per_channel else scale.reshape(-1)[:1].reshape(()))
+    zp = np.zeros(scale.shape if per_channel else (), np.int32)
+    zp_name = b.const(f"{c.name}_zero_point", zp)
+    raw = b.const(f"{c.name}_quantized", codes.astype(np.int32))
+    b.node("DequantizeLinear", [raw, scale_name, zp_name], [c.name], name=b.fresh(f"{c.name}/dequantize"),
+           axis=axis)
+    return True
