@@ -49,7 +49,6 @@ from qcc.numerics import (
     quantize,
     quantize_multiplier,
     requantize,
-    rounding_rshift,
 )
 from qcc.ops import get_op
 
@@ -246,7 +245,7 @@ def _align(a: QTensor, b: QTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pairs = [quantize_multiplier(float(m)) for m in ratio.reshape(-1)]
         m0 = np.array([p[0] for p in pairs], np.int64).reshape(ratio.shape)
         n = np.array([p[1] for p in pairs], np.int64).reshape(ratio.shape)
-        return rounding_rshift(x.centred() * m0, n)
+        return requantize(x.centred(), m0, n, 0, -(2**62), 2**62)
 
     return rescale(a), rescale(b), scale
 

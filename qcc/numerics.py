@@ -133,7 +133,11 @@ _MAX_SHIFT = 62
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
-    """(M0, n) with M0 * 2^-n the fixed-point form of m > 0 (M0 < 2^31, 0 <= n <= 62)."""
+    """(M0, n) with M0 * 2^-n the fixed-point form of m > 0 (M0 < 2^31, n <= 62).
+
+    n < 0 (m >= 2^31, e.g. requantizing to a degenerate, all-zero activation's tiny scale) means
+    a left shift; requantize handles it exactly in wide integers.
+    """
     if not (math.isfinite(m) and m > 0):
         raise ValueError(f"requantization multiplier must be finite and > 0, got {m}")
     mantissa, exponent = math.frexp(m)  # m = mantissa * 2^exponent, mantissa in [0.5, 1)
@@ -142,8 +146,6 @@ def quantize_multiplier(m: float) -> tuple[int, int]:
         m0 //= 2
         exponent += 1
     n = MULTIPLIER_BITS - exponent
-    if n < 0:
-        raise ValueError(f"requantization multiplier {m} is too large for the int32 fixed-point form")
     if n > _MAX_SHIFT:  # tiny multipliers lose low mantissa bits rather than overflow the shift
         m0 = int(round_half_even(np.float64(m0) / 2.0 ** (n - _MAX_SHIFT)))
         n = _MAX_SHIFT
@@ -172,7 +174,7 @@ def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, zero_point: np.nd
     """
     acc = np.asarray(acc, dtype=np.int64)
     m0 = np.asarray(m0, dtype=np.int64)
-    if acc.size and int(np.abs(acc).max()) >= 1 << 32:
+    if acc.size and (int(np.abs(acc).max()) >= 1 << 32 or np.any(np.asarray(n) < 0)):
         wide = acc.astype(object) * m0.astype(object)
         shifted = np.vectorize(_py_rounding_rshift, otypes=[object])(wide, np.asarray(n).astype(object))
         out = np.clip(shifted + np.asarray(zero_point).astype(object), qmin, qmax)
@@ -181,8 +183,8 @@ def requantize(acc: np.ndarray, m0: np.ndarray, n: np.ndarray, zero_point: np.nd
 
 
 def _py_rounding_rshift(x: int, n: int) -> int:
-    if n == 0:
-        return x
+    if n <= 0:
+        return x << -n
     floor = x >> n
     rem = x - (floor << n)
     half = 1 << (n - 1)

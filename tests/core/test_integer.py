@@ -143,3 +143,23 @@ def test_integer_mode_runs_every_random_graph(data):
     x = data.draw(graph_inputs(g))
     out = run(g, x, mode="int")
     assert all(np.all(np.isfinite(v)) for v in out.values())
+
+
+def test_degenerate_all_zero_activation_does_not_crash():
+    """An activation that is all zeros on the calibration data gets a tiny scale; requantizing to it
+    needs a multiplier >= 2^31 (a left shift), which must still be exact, not an internal error."""
+    from qcc.pass_manager import PassContext, run_pipeline
+
+    g = Graph("zero")
+    x = g.add_input("x", TensorType((1, 3)))
+    w1 = g.add_constant("w1", -np.ones((2, 3), np.float32))
+    h = g.add_node("Gemm", [x, w1], attrs={"transB": 1}, name="fc1").output
+    r = g.add_node("Relu", [h], name="relu").output
+    w2 = g.add_constant("w2", np.ones((2, 2), np.float32))
+    g.set_outputs(g.add_node("Gemm", [r, w2], attrs={"transB": 1}, name="fc2").outputs)
+    run_pipeline(g, "calibrate,quantize", PassContext(config={"calib": {"x": np.ones((4, 3), np.float32)}}))
+    out = run(g, {"x": np.array([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]], np.float32).reshape(2, 3)[:1]},
+              mode="int")
+    assert np.all(np.isfinite(out["fc2:out"]))
+    m0, n = quantize_multiplier(2.0**40)
+    assert n < 0 and requantize(np.array([3, -2]), m0, n, 0, -(2**62), 2**62).tolist() == [3 * 2**40, -2 * 2**40]

@@ -429,8 +429,8 @@ def quantized_graphs(draw, every_value: bool):
 
 
 def _check_random(g: Graph, feeds: dict, tmp_path) -> None:
-    proto = export_model(g, format="qdq")
-    qgemm = "Gemm" not in _ort_ops(proto, FUSED, tmp_path)
+    proto = _with_codes(export_model(g, format="qdq"), g)[0]
+    qgemm = "Gemm" not in _ort_ops(proto, FUSED, tmp_path)  # of the model _compare runs
     for level in (FUSED, UNFUSED):
         compared, outs, env = _compare(g, feeds, level)
         _check(compared)
