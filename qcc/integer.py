@@ -11,14 +11,15 @@ quantizer applied to the exact result of its producer. The rules, in order of ap
   acc = sum (qx - zx)(qw - zw) in int64 (padding contributes exactly zero), plus the bias as
   round_half_even(b / (sx sw)); the result is acc at scale sx*sw (per output channel), zero point 0.
   Bipolar x bipolar is the same sum of +-1 products, i.e. 2 popcount(xnor) - N.
-- Relu: max(q, z). Clip: q clipped to z + ceil(min/s) .. z + floor(max/s). MaxPool, Flatten,
+- Relu: max(q, z). Clip with bounds on the input grid: q clipped to z + min/s .. z + max/s (other
+  bounds: a float island, so the output quantizer rounds once). MaxPool, Flatten,
   Reshape, Transpose, Identity, Squeeze, Unsqueeze, Pad (with z): on the codes, scale kept.
   Concat: inputs with one scale and zero point (requantize them first otherwise).
 - Add / Sub: both operands are brought to the smaller scale (the other by the fixed-point
   multiplier s_i / s, rounding shift half to even), then added exactly. Mul: product of the
   centred codes at scale s1*s2.
-- GlobalAveragePool: the exact sum of (q - z) at scale s / (H*W). AveragePool: the window mean of
-  (q - z) rounded half to even on the input grid.
+- GlobalAveragePool: the exact sum of (q - z) at scale s / (H*W). AveragePool whose windows all
+  lie inside the input (k elements each): the exact window sum at scale s / k (else a float island).
 - Annotation on an integer result: uniform -> requantize(acc, M0, n) with M = s_in / s_out as
   M0 * 2^-n (qcc.numerics); thresholds -> level = number of integer thresholds <= q
   (qcc.numerics.integer_thresholds); bipolar -> +1 where s(q - z) >= 0 else -1.
@@ -268,18 +269,28 @@ def _integer_rule(node: Node, args: list[Runtime | None]) -> list[Runtime] | Non
     if op == "Relu":
         return [QTensor(np.maximum(x.q, x.zero_point), x.scale, x.zero_point)]
     if op == "Clip":
-        lo = x.zero_point + np.ceil(np.float64(node.attrs["min"]) / x.scale)
-        hi = x.zero_point + np.floor(np.float64(node.attrs["max"]) / x.scale)
-        lo = np.nan_to_num(lo, neginf=-(2.0**62), posinf=2.0**62)
-        hi = np.nan_to_num(hi, neginf=-(2.0**62), posinf=2.0**62)
-        return [QTensor(np.clip(x.q, lo.astype(np.int64), hi.astype(np.int64)), x.scale, x.zero_point)]
+        with np.errstate(over="ignore", invalid="ignore"):
+            lo = np.float64(node.attrs["min"]) / x.scale
+            hi = np.float64(node.attrs["max"]) / x.scale
+        on_grid = all(np.all(np.isinf(b) | (b == np.rint(b))) for b in (lo, hi))
+        if not on_grid:
+            return None  # bounds between codes: clip in float, so the output quantizer rounds once
+        lo = np.nan_to_num(x.zero_point + lo, neginf=-(2.0**62), posinf=2.0**62).astype(np.int64)
+        hi = np.nan_to_num(x.zero_point + hi, neginf=-(2.0**62), posinf=2.0**62).astype(np.int64)
+        return [QTensor(np.clip(x.q, lo, hi), x.scale, x.zero_point)]
     if op == "GlobalAveragePool":
         count = int(np.prod(x.q.shape[2:]))
         total = x.centred().sum(axis=tuple(range(2, x.q.ndim)), keepdims=True)
         return [QTensor(total, x.scale / count, np.zeros((), np.int64))]
     if op == "AveragePool" and x.per_tensor:
-        mean = get_op(op).evaluate([x.centred().astype(np.float64)], node.attrs)[0]
-        return [QTensor(np.rint(mean).astype(np.int64) + x.zero_point, x.scale, x.zero_point)]
+        pool = get_op(op)
+        ones = np.ones((1, 1, *x.q.shape[2:]))
+        full = node.attrs.get("ceil_mode", 0) == 0  # ceil_mode windows may hang over the edge
+        if not full or not np.all(pool.evaluate([ones], {**node.attrs, "count_include_pad": 1})[0] == 1.0):
+            return None  # some window reaches padding: window sizes differ, no common scale
+        k = int(np.prod(node.attrs["kernel_shape"]))
+        total = np.rint(pool.evaluate([x.centred().astype(np.float64)], node.attrs)[0] * k).astype(np.int64)
+        return [QTensor(total, x.scale / k, np.zeros((), np.int64))]
     if op in ("Add", "Sub", "Mul"):
         y = args[1]
         if not isinstance(y, QTensor):

@@ -8,6 +8,11 @@ QDQ (`format="qdq"`, runs in onnxruntime):
 - a Uniform constant: integer initializer -> DequantizeLinear (8 or 32 bits; 16 from opset 21);
   narrower per-tensor grids go as float initializer -> Clip -> QuantizeLinear -> DequantizeLinear.
   Narrower per-axis constants are stored as int8/uint8, exact in value but read back as 8-bit.
+- a float bias of a Conv / Gemm that runs as an integer MAC (per-tensor Uniform input, Uniform
+  weights): int32 codes round_half_even(b / (sx sw)) (qcc.numerics.bias_to_accumulator, the bias
+  the integer semantics adds) -> DequantizeLinear at scale sx sw, the form onnxruntime fuses into
+  QLinearConv / QGemm. It imports back as a 32-bit Uniform constant with the same integer
+  semantics; the float bias between the codes is not kept.
 QONNX (`format="qonnx"`): Quant (any bit width), BipolarQuant and MultiThreshold in the
 qonnx.custom_op.general domain.
 
@@ -267,14 +272,15 @@ def _int32_bias(b: Builder, c: Value) -> bool:
     if codes.min(initial=0) < _INT32.min or codes.max(initial=0) > _INT32.max:
         return False
     scale = scales[0].astype(np.float32)
-    per_channel = bool(np.ptp(scale)) if scale.size else False
-    axis = 0 if per_channel else None
+    per_channel = bool(np.ptp(scale))
     if per_channel and b.opset < 13:
         return False
-    scale_name = b.const(f"{c.name}_scale", scale if per_channel else scale.reshape(-1)[:1].reshape(()))
-    zp = np.zeros(scale.shape if per_channel else (), np.int32)
-    zp_name = b.const(f"{c.name}_zero_point", zp)
+    if not per_channel:
+        scale = np.asarray(scale[0])
+    # the same initializers and node as a 32-bit Uniform constant exports, so re-exports are identical
+    scale_name = b.const(f"{c.name}_scale", scale)
+    zp_name = b.const(f"{c.name}_zero_point", np.zeros(scale.shape, np.int32))
     raw = b.const(f"{c.name}_quantized", codes.astype(np.int32))
     b.node("DequantizeLinear", [raw, scale_name, zp_name], [c.name], name=b.fresh(f"{c.name}/dequantize"),
-           axis=axis)
+           axis=0 if per_channel else None)
     return True
