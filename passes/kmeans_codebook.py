@@ -246,12 +246,7 @@ def _set_weight(graph: Graph, node: Node, fit: CodebookFit) -> bool:
     w = node.inputs[1]
     if w.quant == fit.spec and np.array_equal(w.data, fit.data):
         return False
-    new = graph.add_constant(graph.fresh_name(w.name), fit.data.astype(w.data.dtype), quant=fit.spec)
-    graph.set_input(node, 1, new)
-    if not w.uses and not graph.is_output(w):
-        name = w.name
-        graph.remove_constant(w)
-        graph.rename_value(new, name)
+    graph.replace_constant_input(node, 1, fit.data.astype(w.data.dtype), fit.spec)
     return True
 
 

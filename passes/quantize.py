@@ -97,12 +97,7 @@ class QuantizePass(Pass):
             raise PassError(self.name, str(e), node=node.name) from None
         if w.quant == spec and (data == w.data).all():
             return False
-        new = graph.add_constant(graph.fresh_name(w.name), data, quant=spec)
-        graph.set_input(node, 1, new)
-        if not w.uses and not graph.is_output(w):
-            name = w.name
-            graph.remove_constant(w)
-            graph.rename_value(new, name)
+        graph.replace_constant_input(node, 1, data, spec)
         return True
 
     def _activation(self, graph: Graph, node: Node, layer: LayerConfig, ctx: PassContext,

@@ -99,16 +99,12 @@ def _spec_params(spec: QuantSpec, rank: int) -> tuple[np.ndarray, np.ndarray]:
 def constant_value(value: Value) -> Runtime:
     """A constant as the integer semantics sees it (codes for annotated weights, else float)."""
     data, spec = value.data, value.quant
-    if isinstance(spec, Uniform):
-        scale, zp = _spec_params(spec, data.ndim)
-        return QTensor(quantize(data, spec), scale, zp)
-    if isinstance(spec, Bipolar):
-        scale, _ = _spec_params(spec, data.ndim)
-        return QTensor(np.where(data >= 0, 1, -1).astype(np.int64), scale, np.zeros((), np.int64))
     if isinstance(spec, Codebook):
         # data is on the centroid grid: its codes are the integer centroids themselves
         codes = np.rint(data.astype(np.float64) / spec.centroid_scale).astype(np.int64)
         return QTensor(codes, np.asarray(spec.centroid_scale, np.float64), np.zeros((), np.int64))
+    if isinstance(spec, Uniform | Bipolar):
+        return _quantize_float(data, spec)  # exact: the data is on the grid
     return data
 
 

@@ -267,6 +267,20 @@ class Graph:
         self._index.remove_node(node)
         self._topo = None
 
+    def replace_constant_input(self, node: Node, index: int, data: np.ndarray,
+                               quant: QuantSpec | None = None) -> Value:
+        """Give `node` new constant data at input `index`; the old constant goes (and leaves its name
+        to the new one) when nothing else uses it."""
+        old = node.inputs[index]
+        new = self.add_constant(self.fresh_name(old.name if old is not None else f"{node.name}.{index}"),
+                                data, quant=quant)
+        self.set_input(node, index, new)
+        if old is not None and old.is_constant and not old.uses and not self.is_output(old):
+            name = old.name
+            self.remove_constant(old)
+            self.rename_value(new, name)
+        return new
+
     def remove_constant(self, value: Value) -> None:
         if value.uses or self.is_output(value):
             raise VerifyError(f"cannot remove constant '{value.name}': it is still used")
