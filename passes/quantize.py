@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qcc.calibration import calibration_of
-from qcc.config import LayerConfig, QuantConfig, load_config, parse_config
+from qcc.config import LAYER_OPS, LayerConfig, QuantConfig, load_config, parse_config
 from qcc.errors import PassError, QccError
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import QuantSpec, Region
@@ -29,7 +29,6 @@ from qcc.quantizers import activation_spec, quantize_weights
 
 __all__ = ["QuantizePass", "LAYER_OPS", "output_axis"]
 
-LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)

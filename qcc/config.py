@@ -27,7 +27,10 @@ from typing import Any
 
 from qcc.errors import QccError
 
-__all__ = ["LayerConfig", "QuantConfig", "W_SCHEMES", "A_SCHEMES", "load_config", "parse_config"]
+__all__ = ["LayerConfig", "QuantConfig", "W_SCHEMES", "A_SCHEMES", "LAYER_OPS", "load_config", "parse_config"]
+
+# The ops a configuration calls layers: they have weights (input 1) and read an activation (input 0).
+LAYER_OPS = ("Conv", "Gemm", "MatMul")
 
 W_SCHEMES = ("uniform", "fixed", "dynamic-fixed", "kmeans-linear", "kmeans-gaussian", "kmeans-lloyd", "kquantile",
              "bipolar", "float")

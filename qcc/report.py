@@ -14,9 +14,10 @@ held at 0 bits. The table shows both columns only when a graph has crops.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from qcc.config import LAYER_OPS
 from qcc.crop import activations_cropped, macs_saved
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import Codebook, QuantSpec
@@ -45,6 +46,8 @@ class LayerRow:
     bops: int
     macs_saved: int = 0
     activations_cropped: int = 0
+    sensitivity: dict[str, Any] | None = None  # {variable: {scheme: {bits: output_l2}}}
+    cost: dict[str, float] = field(default_factory=dict)  # the target's cost fields
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,14 @@ class Report:
     layers: list[LayerRow]
     totals: dict[str, int]
     config: dict[str, Any]
+    baselines: dict[str, dict[str, int]] = field(default_factory=dict)  # fp32 and uniform 8-bit totals
+    accuracy: dict[str, Any] = field(default_factory=dict)  # predicted / measured L2 and top-1
 
     def to_json(self) -> str:
         doc = {"schema": SCHEMA, "model": self.model, "layers": [asdict(r) for r in self.layers],
-               "totals": self.totals, "config": self.config}
-        return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+               "totals": self.totals, "baselines": self.baselines, "accuracy": self.accuracy,
+               "config": self.config}
+        return json.dumps(doc, indent=2, sort_keys=False, default=_plain) + "\n"
 
     def table(self) -> str:
         header = ["layer", "op", "output", "MACs", "params", "activations", "w/a bits"]
@@ -79,6 +85,13 @@ class Report:
 
         rule = "  ".join("-" * w for w in widths)
         return "\n".join([fmt(header), rule, *(fmt(r) for r in rows[:-1]), rule, fmt(rows[-1])]) + "\n"
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays in reports become plain JSON numbers and lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _bits_label(r: LayerRow) -> str:
@@ -137,9 +150,59 @@ def _row(node: Node) -> LayerRow:
     )
 
 
-def summarize(graph: Graph, config: dict[str, Any] | None = None) -> Report:
-    """The per-layer report of a graph (every node, in topological order)."""
-    layers = [_row(n) for n in graph.nodes]
+def _sensitivity_summary(node: Node) -> dict[str, Any] | None:
+    table = node.attrs.get("sensitivity")
+    if not isinstance(table, dict):
+        return None
+    return {var: {scheme: {bits: entry.get("output_l2") for bits, entry in by_bits.items()}
+                  for scheme, by_bits in by_scheme.items()}
+            for var, by_scheme in table.items() if isinstance(by_scheme, dict)}
+
+
+def _baselines(graph: Graph, layers: list[LayerRow]) -> dict[str, dict[str, int]]:
+    """Totals of the same network in fp32 and in uniform 8-bit (weights and layer inputs; biases 32)."""
+    out: dict[str, dict[str, int]] = {}
+    for label, bits in (("fp32", 32), ("uniform8", 8)):
+        weight_bits = 0
+        for node in graph.nodes:
+            for i, v in enumerate(node.inputs):
+                if v is None or not v.is_constant:
+                    continue
+                quantizable = node.op in LAYER_OPS and i == 1
+                weight_bits += v.type.numel() * (bits if quantizable else 32)
+        bops = sum(r.macs * bits * bits for r in layers if r.op in LAYER_OPS)
+        out[label] = {"weight_bits_total": weight_bits, "bops": bops}
+    return out
+
+
+def _accuracy(graph: Graph, given: dict[str, Any] | None) -> dict[str, Any]:
+    acc: dict[str, Any] = {}
+    sens = graph.attrs.get("sensitivity")
+    if isinstance(sens, dict):
+        acc.update({k: sens[k] for k in ("float_top1", "float_top5") if sens.get(k) is not None})
+    assignment = graph.attrs.get("bit_assignment")
+    if isinstance(assignment, dict):
+        acc.update({k: assignment[k] for k in ("predicted_l2", "measured_l2", "measured_top1")
+                    if assignment.get(k) is not None})
+    acc.update(given or {})
+    return acc
+
+
+def summarize(graph: Graph, config: dict[str, Any] | None = None, *, target=None,
+              accuracy: dict[str, Any] | None = None) -> Report:
+    """The per-layer report of a graph (every node, in topological order).
+
+    target: a qcc.target.Target whose cost fields join each layer row and the totals.
+    accuracy: measured figures to add (e.g. top-1 on --eval data).
+    """
+    costs = {}
+    cost_totals: dict[str, float] = {}
+    if target is not None:
+        report = target.cost(graph)
+        costs = {c.name: dict(c.fields) for c in report.layers}
+        cost_totals = dict(report.totals)
+    layers = [replace(_row(n), sensitivity=_sensitivity_summary(n), cost=costs.get(n.name, {}))
+              for n in graph.nodes]
     totals = {
         "layers": len(layers),
         "macs": sum(r.macs for r in layers),
@@ -151,5 +214,7 @@ def summarize(graph: Graph, config: dict[str, Any] | None = None) -> Report:
         "bops": sum(r.bops for r in layers),
         "macs_saved": sum(r.macs_saved for r in layers),
         "activations_cropped": sum(r.activations_cropped for r in layers),
+        **cost_totals,
     }
-    return Report(model=graph.name, layers=layers, totals=totals, config=dict(config or {}))
+    return Report(model=graph.name, layers=layers, totals=totals, config=dict(config or {}),
+                  baselines=_baselines(graph, layers), accuracy=_accuracy(graph, accuracy))
