@@ -117,14 +117,11 @@ def _table(baseline_acc: float, fixed: list[dict], per_input: list[dict], oracle
 
 
 def _plot(path: Path, baseline_acc: float, fixed: list[dict], per_input: list[dict], oracle: list[dict]) -> bool:
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'qcc[plots]'): no plot written", file=sys.stderr)
-        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     colors = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:green")))
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     for ax in axes:
