@@ -34,6 +34,7 @@ from qcc.errors import PassError, QccError, ShapeError
 from qcc.interp import run
 from qcc.ir.graph import Graph, Value
 from qcc.pass_manager import Pass, PassContext, PassResult
+from qcc.progress import track
 
 __all__ = ["CalibratePass"]
 
@@ -89,7 +90,8 @@ class CalibratePass(Pass):
     def _walk(self, graph: Graph, data: dict[str, np.ndarray], batches: list[tuple[int, int]],
               ctx: PassContext, phase: str):
         """Every value's array, one batch at a time."""
-        for i, (start, stop) in enumerate(batches):
+        bars = track(batches, f"calibrate: {phase}", enabled=ctx.config.get("progress"))
+        for i, (start, stop) in enumerate(bars):
             if ctx.progress is not None:
                 ctx.progress(f"calibrate: {phase}, batch {i + 1}/{len(batches)} (samples {start}..{stop - 1})")
             inputs = {name: array[start:stop] for name, array in data.items()}

@@ -164,6 +164,8 @@ _PASSES: dict[str, str] = {
     "kmeans-codebook": "qcc.passes.kmeans_codebook:ExtractCodebooksPass",
     "binarize": "qcc.passes.binarize:BinarizePass",
     "residual-rewrite": "qcc.passes.residual_rewrite:RewriteResidualPass",
+    "annotate-sensitivity": "qcc.passes.annotate_sensitivity:AnnotateSensitivityPass",
+    "assign-bits": "qcc.passes.assign_bits:AssignBitsPass",
 }
 _loaded_entry_points = False
 
@@ -213,9 +215,11 @@ _PIPELINE_GRAMMAR = r"""
           | ESCAPED_STRING -> string
           | "[" [value ("," value)*] "]" -> list
           | WORD -> word
+          | QUANTITY -> word
     NAME: /[A-Za-z_][A-Za-z0-9_\-]*/
     WORD: /[A-Za-z_.\/][A-Za-z0-9_.\/\-]*/
     NUMBER: /[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?/
+    QUANTITY.2: /[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?[A-Za-z]+(?=[\s,\]}]|$)/
     %import common.ESCAPED_STRING
     %import common.WS
     %ignore WS
