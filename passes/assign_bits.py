@@ -46,6 +46,7 @@ program itself, for budget sweeps (qcc.bitassign.pareto / front).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 from collections.abc import Iterable, Mapping
@@ -134,10 +135,23 @@ class AssignBitsPass(Pass):
         return out
 
     # ------------------------------------------------------------------------------- running
+    def with_context_budgets(self, ctx: PassContext) -> AssignBitsPass:
+        """Budgets given to the command (--weight-budget ...; ctx.config["budgets"]) fill unset options."""
+        given = ctx.config.get("budgets") or {}
+        unknown = sorted(set(given) - {"weight_budget", "act_budget", "bops_budget", "target_budget"})
+        if unknown:
+            raise QccError(f"unknown budget(s) {', '.join(unknown)}")
+        return dataclasses.replace(self, **{k: v for k, v in given.items() if getattr(self, k) is None})
+
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         layers = [n for n in graph.nodes if n.op in LAYER_OPS]
         if not layers:
             return PassResult(False)
+        if ctx.config.get("budgets"):
+            return self.with_context_budgets(ctx)._run(graph, ctx, layers)
+        return self._run(graph, ctx, layers)
+
+    def _run(self, graph: Graph, ctx: PassContext, layers: list[Node]) -> PassResult:
         problem = self.problem(graph, ctx)
         if ctx.progress is not None:
             ctx.progress(f"assign-bits: solving for {len(layers)} layers, "

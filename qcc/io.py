@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
@@ -18,7 +19,7 @@ import numpy as np
 
 from qcc.errors import QccError
 
-__all__ = ["atomic_writes", "write_bytes", "write_npz", "save_npz", "load_arrays"]
+__all__ = ["atomic_writes", "atomic_dir", "write_bytes", "write_npz", "save_npz", "load_arrays"]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -49,6 +50,28 @@ def atomic_writes(*paths: os.PathLike | str) -> Iterator[list[Path]]:
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(directory: os.PathLike | str) -> Iterator[Path]:
+    """Yield a staging folder that becomes `directory` on success; nothing is left on failure.
+
+    `directory` must not exist or be empty; its parent must exist.
+    """
+    out = Path(directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise QccError(f"output folder {out} exists and is not empty")
+    if not out.parent.is_dir():
+        raise QccError(f"cannot create {out}: folder {out.parent} does not exist")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_umask())
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_bytes(path: os.PathLike | str, data: bytes) -> None:

@@ -161,10 +161,10 @@ class Sweep:
         self.samples = sum(b - a for a, b in self.batches)
         self.labels = _check_labels(self.graph, labels, self.batches)
         self.cache = []
+        constants = {c.name for c in self.graph.constants}
         for start, stop in self.batches:
             batch = {name: np.asarray(a)[start:stop] for name, a in inputs.items()}
             values = run(self.graph, batch, mode="fake", keep_all=True)
-            constants = {c.name for c in self.graph.constants}
             self.cache.append({k: v for k, v in values.items() if k not in constants})
             if progress is not None:
                 progress(1)
@@ -457,18 +457,20 @@ def _run_dask(sweep: Sweep, configs: list[Config], address: str, workers: int, n
         raise QccError("a cluster sweep needs dask.distributed: pip install 'qcc[distributed]'") from None
     import logging
 
-    cluster = None
-    try:
-        if address == "local":
+    if address == "local":
+        try:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=None, silence_logs=logging.ERROR)
-            client = Client(cluster)
-        else:
+        except RuntimeError as e:
+            raise QccError(f"cannot start a local Dask cluster: {e} (a script that starts one needs an "
+                           "`if __name__ == \"__main__\":` guard)") from None
+        client = Client(cluster)
+    else:
+        cluster = None
+        try:
             client = Client(address, timeout="10s")
-    except (OSError, TimeoutError, ValueError) as e:
-        if cluster is not None:
-            cluster.close()
-        raise QccError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
+        except (OSError, TimeoutError, ValueError) as e:
+            raise QccError(f"cannot reach the Dask scheduler at {address!r}: {e}") from None
     futures = []
     try:
         state = client.scatter(sweep, broadcast=True, hash=False)

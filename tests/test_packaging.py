@@ -35,6 +35,7 @@ def test_only_qcc_is_a_top_level_name(wheel_names):
     "qcc/examples/digits_cnn.onnx",
     "qcc/examples/digits_eval.npz",
     "qcc/ops/nn.py",
+    "qcc/cli/__main__.py",
 ])
 def test_mapped_packages_and_data_are_in_the_wheel(wheel_names, member):
     assert member in wheel_names
@@ -48,7 +49,7 @@ def test_core_never_imports_mapped_packages():
     """DESIGN.md §1: only the CLI in qcc/ wires frontends, passes and targets."""
     offenders = []
     for path in (ROOT / "qcc").rglob("*.py"):
-        if path.name == "cli.py":
+        if path.parent.name == "cli":  # the command line wires everything together
             continue
         text = path.read_text()
         for banned in ("qcc.frontend", "qcc.passes", "qcc.targets"):

@@ -223,3 +223,41 @@ def test_opt_quantizes_with_config_and_runs_integer(tmp_path, capsys):
     assert qcc("opt", MODEL, "-p", "fold-bn,calibrate,quantize", "--calib", CALIB, "--config", cfg,
                "-o", tmp_path / "q.onnx", "--onnx-format", "qdq") == 0
     onnx.checker.check_model(onnx.load(tmp_path / "q.onnx"))
+
+
+def test_budgets_on_opt_assign_mixed_precision(tmp_path, capsys):
+    from qcc.examples import CALIB
+
+    pipeline = "fold-bn,calibrate,annotate-sensitivity{workers=1,bits=[2,4,8]},assign-bits,quantize"
+    assert qcc("opt", MODEL, "-p", pipeline, "--calib", CALIB, "--weight-budget", "5kB", "-o", tmp_path / "q.qir",
+               "--report", tmp_path / "r.json", "-q") == 0
+    import json
+
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["totals"]["weight_bits_total"] <= 5000 * 8
+    assert doc["baselines"]["fp32"]["weight_bits_total"] > doc["baselines"]["uniform8"]["weight_bits_total"]
+    assert {"predicted_l2", "measured_l2", "measured_top1"} <= set(doc["accuracy"])
+    w_bits = {r["w_bits"] for r in doc["layers"] if r["op"] in ("Conv", "Gemm")}
+    assert len(w_bits) > 1  # not uniform
+    assert qcc("opt", MODEL, "-p", pipeline, "--calib", CALIB, "--weight-budget", "1kB", "-o", tmp_path / "x.qir") == 2
+    assert "weight_budget 1kB (8000 bits) is too small: needs at least" in _one_line_error(capsys)
+    assert not (tmp_path / "x.qir").exists()
+    assert qcc("opt", MODEL, "-p", "canonicalize", "--weight-budget", "5kB", "-o", tmp_path / "y.qir") == 2
+    assert "add it to the pipeline" in _one_line_error(capsys)
+
+
+def test_analyze_writes_report_and_plots(tmp_path, capsys):
+    from qcc.examples import CALIB
+
+    out = tmp_path / "analysis"
+    assert qcc("analyze", MODEL, "--calib", CALIB, "--eval", EVAL, "-o", out, "--bits", "2,4,8", "--workers", "1",
+               "-q") == 0
+    assert _listing(out) == ["layers.png", "pareto.png", "report.json", "sensitivity.png"]
+    printed = capsys.readouterr().out
+    assert "/conv2/Conv  weights" in printed and "pareto 1" in printed
+    import json
+
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["schema"] == "qcc.report/1" and doc["analysis"]["pareto"]
+    assert all(p["measured_top1"] is not None for p in doc["analysis"]["pareto"])
+    assert doc["layers"][0]["sensitivity"] is not None

@@ -251,6 +251,7 @@ def test_needs_calibration():
     ('layers=["/relu1/Relu"]', r"'/relu1/Relu' is not a layer"),
     ('groups=["/conv1/Conv+"]', r"group '/conv1/Conv\+' has an empty layer name"),
     ('groups=["/conv1/Conv+/nope"]', r"unknown layer '/nope'"),
+    ('cluster=nonsense,bits=[2]', r"cannot reach the Dask scheduler at 'nonsense'"),
 ])
 def test_bad_layers(options, message):
     g, ctx = _example(samples=8)

@@ -7,10 +7,7 @@ Outputs are written atomically: a failing command leaves no file behind.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -135,6 +132,10 @@ def _context(args):
         from qcc.config import load_config
 
         ctx.config["quant_config"] = load_config(args.config)
+    budgets = {k: getattr(args, k) for k in ("weight_budget", "act_budget", "bops_budget")
+               if getattr(args, k, None) is not None}
+    if budgets:
+        ctx.config["budgets"] = budgets
     return ctx, timing
 
 
@@ -143,6 +144,10 @@ def cmd_opt(args) -> int:
     from qcc.pass_manager import parse_pipeline, run_pipeline
 
     passes = parse_pipeline(args.pipeline)  # bad pipelines fail before any work
+    if any(getattr(args, k) for k in ("weight_budget", "act_budget", "bops_budget")) \
+            and not any(p.name == "assign-bits" for p in passes):
+        raise QccError("budgets are applied by the assign-bits pass; add it to the pipeline, e.g. "
+                       "-p \"fold-bn,calibrate,annotate-sensitivity,assign-bits,quantize\"")
     out = Path(args.output)
     if out.suffix not in (".qir", ".onnx"):
         raise QccError(f"output {out} must end in .qir or .onnx")
@@ -150,37 +155,34 @@ def cmd_opt(args) -> int:
     ctx, timing = _context(args)
     run_pipeline(graph, passes, ctx)
     save_model(graph, out, onnx_format=args.onnx_format)
+    if args.report:
+        from qcc.io import write_bytes
+        from qcc.report import summarize
+
+        report = summarize(graph, config={"command": "opt", "model": str(args.model), "pipeline": args.pipeline})
+        write_bytes(args.report, report.to_json().encode())
     if timing is not None:
         print(timing.table(), file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_compile(args) -> int:
+    from qcc.io import atomic_dir
     from qcc.pass_manager import run_pipeline
     from qcc.report import summarize
     from qcc.target import get_target
 
     target = get_target(args.target)  # an unknown or unavailable target fails before any work
     model = _model_arg(args.model)
-    out_dir = Path(args.output)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise QccError(f"output folder {out_dir} exists and is not empty")
-    if not out_dir.parent.is_dir():
-        raise QccError(f"cannot create {out_dir}: folder {out_dir.parent} does not exist")
     graph = _load(model)
     ctx, timing = _context(args)
     ctx.config["target"] = target
     run_pipeline(graph, target.default_pipeline, ctx)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(args.output) as staging:
         target.lower(graph, staging)
-        report = summarize(graph, config={"command": "compile", "target": args.target, "model": str(model)})
+        report = summarize(graph, config={"command": "compile", "target": args.target, "model": str(model)},
+                           target=target)
         (staging / "report.json").write_text(report.to_json())
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     sys.stdout.write(report.table())
     return EXIT_OK
 
@@ -190,6 +192,9 @@ def cmd_compile(args) -> int:
 def _add_pass_options(p) -> None:
     p.add_argument("--calib", metavar="CALIB.npz", help="calibration data (x float32 NCHW, y labels)")
     p.add_argument("--config", metavar="LAYERS.toml", help="per-layer quantization configuration")
+    p.add_argument("--weight-budget", metavar="SIZE", help="weight memory for assign-bits, e.g. 1Mb, 64KB")
+    p.add_argument("--act-budget", metavar="SIZE", help="on-chip activation buffer for assign-bits, e.g. 64KB")
+    p.add_argument("--bops-budget", metavar="N", help="bit operations for assign-bits, e.g. 2G")
     p.add_argument("--time-passes", action="store_true", help="print the time each pass took")
     p.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     p.add_argument("--dump-dir", metavar="DIR", help="write the IR after every pass as DIR/NNN_<pass>.qir")
@@ -229,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.(qir|onnx)")
     p.add_argument("--onnx-format", choices=["qonnx", "qdq"], default="qonnx",
                    help="how quantization annotations are written to ONNX")
+    p.add_argument("--report", metavar="REPORT.json", help="write the per-layer report (qcc.report/1)")
     _add_pass_options(p)
     p.set_defaults(func=cmd_opt)
 
@@ -239,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", metavar="EVAL.npz", help="evaluation data for measured accuracy")
     _add_pass_options(p)
     p.set_defaults(func=cmd_compile)
+
+    from qcc.cli.analyze import add_analyze_parser
+
+    add_analyze_parser(sub, _add_pass_options)
     return parser
 
 
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "command", None):
-            raise _UsageError("no command given; commands: import, show, run, opt, compile (see 'qcc --help')")
+            raise _UsageError("no command given; commands: import, show, run, opt, compile, analyze (see 'qcc --help')")
         return args.func(args)
     except QccError as e:
         print(f"qcc: error: {e}", file=sys.stderr)
@@ -265,7 +275,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qcc: internal error: {type(e).__name__}: {e} {notes}".rstrip()
               + "\n(this is a bug in qcc; rerun with --traceback and report it)", file=sys.stderr)
         return EXIT_INTERNAL
-
-
-if __name__ == "__main__":
-    sys.exit(main())

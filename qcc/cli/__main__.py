@@ -1,0 +1,7 @@
+"""`python -m qcc.cli` runs the command line."""
+
+import sys
+
+from qcc.cli import main
+
+sys.exit(main())
