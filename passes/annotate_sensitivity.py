@@ -35,11 +35,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from qcc.calibration import batch_ranges, calibration_data, sample_count
 from qcc.config import A_SCHEMES, W_SCHEMES
 from qcc.errors import PassError, QccError
 from qcc.ir.graph import Graph, Node
 from qcc.pass_manager import Pass, PassContext, PassResult
-from qcc.passes.calibrate import _batches, _calibration_data, _sample_count
 from qcc.progress import bar
 from qcc.sensitivity import (
     LAYER_OPS,
@@ -104,8 +104,8 @@ class AnnotateSensitivityPass(Pass):
         groups = self._groups(graph, ctx)
         calib = ctx.config.get("calib")
         try:
-            data = _calibration_data(graph, calib)
-            count = _sample_count(data)
+            data = calibration_data(graph, calib)
+            count = sample_count(data)
         except QccError as e:
             raise PassError(self.name, str(e), ran_before=tuple(ctx.history)) from None
         count = min(count, self.samples) if self.samples is not None else count
@@ -116,7 +116,7 @@ class AnnotateSensitivityPass(Pass):
         if ctx.progress is not None:
             ctx.progress(f"annotate-sensitivity: {len(configs)} configurations on {count} samples")
         try:
-            batches = _batches(graph, count, self.batch_size)
+            batches = batch_ranges(graph, count, self.batch_size)
             with bar(len(batches), "sensitivity: float reference", enabled=show) as b:
                 sweep = Sweep(graph, data, batches, labels=labels, progress=b.update,
                               fit=WeightFit(self.per_channel, self.centroid_bits, self.seed))

@@ -23,14 +23,22 @@ math (minmax, percentile, MSE, TensorRT's KL) is in qcc.calibration, documented 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
-from qcc.calibration import METHODS, Histogram, Moments, ValueStatistics, summarize
-from qcc.errors import PassError, QccError, ShapeError
+from qcc.calibration import (
+    METHODS,
+    Histogram,
+    Moments,
+    ValueStatistics,
+    batch_ranges,
+    calibration_data,
+    sample_count,
+    summarize,
+)
+from qcc.errors import PassError, QccError
 from qcc.interp import run
 from qcc.ir.graph import Graph, Value
 from qcc.pass_manager import Pass, PassContext, PassResult
@@ -66,11 +74,11 @@ class CalibratePass(Pass):
             raise QccError(f"bins must be at least 1, got {self.bins}")
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        data = _calibration_data(graph, ctx.config.get("calib"))
-        count = _sample_count(data)
+        data = calibration_data(graph, ctx.config.get("calib"))
+        count = sample_count(data)
         if self.samples is not None:
             count = min(count, self.samples)
-        batches = _batches(graph, count, self.batch_size)
+        batches = batch_ranges(graph, count, self.batch_size)
         values = _activations(graph)
         moments = {id(v): Moments() for v in values}
         for i, batch in enumerate(self._walk(graph, data, batches, ctx, "statistics")):
@@ -134,68 +142,3 @@ class CalibratePass(Pass):
 def _activations(graph: Graph) -> list[Value]:
     """Graph inputs and node outputs (constants have no activation statistics)."""
     return list(graph.inputs) + [o for n in graph.nodes for o in n.outputs]
-
-
-def _calibration_data(graph: Graph, calib: Any) -> dict[str, np.ndarray]:
-    """The calibration arrays keyed by graph input name, shapes checked (samples along axis 0)."""
-    if calib is None:
-        raise QccError("no calibration data: pass --calib CALIB.npz (or set ctx.config['calib'])")
-    if isinstance(calib, np.ndarray):
-        calib = {"x": calib}
-    if not isinstance(calib, Mapping):
-        raise QccError(f"calibration data must be a dict of arrays (x, y), got {type(calib).__name__}")
-    given = {k: np.asarray(v) for k, v in calib.items()}
-    names = [v.name for v in graph.inputs]
-    if "y" in given and "y" not in names:
-        given.pop("y")
-    if len(names) == 1 and names[0] not in given and "x" in given:
-        given[names[0]] = given.pop("x")
-    missing = [n for n in names if n not in given]
-    if missing:
-        raise QccError(f"calibration data has no array for input(s) {', '.join(missing)} "
-                       f"(has: {', '.join(sorted(calib)) or 'nothing'})")
-    unknown = sorted(set(given) - set(names))
-    if unknown:
-        raise QccError(f"calibration data has array(s) {', '.join(unknown)} that are not graph inputs "
-                       f"(inputs: {', '.join(names)})")
-    for v in graph.inputs:
-        _check_shape(v, given[v.name])
-    return {v.name: given[v.name] for v in graph.inputs}
-
-
-def _check_shape(value: Value, array: np.ndarray) -> None:
-    expected = value.type.shape
-    if not expected:
-        raise ShapeError(f"input '{value.name}' is a scalar, so calibration data cannot hold samples of it")
-    fits = array.ndim == len(expected) and all(
-        isinstance(d, str) or d == s for d, s in zip(expected[1:], array.shape[1:]))
-    if not fits:
-        dims = ", ".join(map(str, expected))
-        raise ShapeError(f"calibration data for input '{value.name}' has shape {list(array.shape)}, "
-                         f"expected [samples, {', '.join(map(str, expected[1:]))}] (input is [{dims}])")
-
-
-def _sample_count(data: dict[str, np.ndarray]) -> int:
-    counts = {name: int(a.shape[0]) for name, a in data.items()}
-    if len(set(counts.values())) > 1:
-        listed = ", ".join(f"{k}: {n}" for k, n in counts.items())
-        raise ShapeError(f"calibration arrays hold different numbers of samples ({listed})")
-    count = next(iter(counts.values()), 0)
-    if count == 0:
-        raise QccError("calibration data is empty (0 samples)")
-    return count
-
-
-def _batches(graph: Graph, count: int, batch_size: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges; a fixed batch dimension in the graph sets the batch size."""
-    fixed = sorted({v.type.shape[0] for v in graph.inputs if isinstance(v.type.shape[0], int)})
-    if len(fixed) > 1:
-        raise ShapeError(f"graph inputs have different fixed batch sizes {fixed}")
-    if fixed:
-        batch_size = fixed[0]
-        if batch_size == 0:
-            raise ShapeError("the graph's batch dimension is fixed at 0, so it cannot run calibration samples")
-        if count % batch_size:
-            raise ShapeError(f"the graph's batch dimension is fixed at {batch_size}, but {count} calibration "
-                             f"samples are not a multiple of it")
-    return [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]

@@ -41,10 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from qcc.errors import QccError
+from qcc.errors import QccError, ShapeError
 from qcc.ir.graph import Graph, Value
 
 __all__ = [
+    "calibration_data",
+    "sample_count",
+    "batch_ranges",
     "METHODS",
     "PERCENTILES",
     "Moments",
@@ -412,3 +415,70 @@ def histogram_of(graph: Graph, value: Value, *, absolute: bool = False) -> Histo
     if index is None or not isinstance(kept, list) or index >= len(kept):
         return None
     return kept[index]
+
+
+# ------------------------------------------------------------------------------ calibration data
+
+def calibration_data(graph: Graph, calib: Any) -> dict[str, np.ndarray]:
+    """The calibration arrays keyed by graph input name, shapes checked (samples along axis 0)."""
+    if calib is None:
+        raise QccError("no calibration data: pass --calib CALIB.npz (or set ctx.config['calib'])")
+    if isinstance(calib, np.ndarray):
+        calib = {"x": calib}
+    if not isinstance(calib, Mapping):
+        raise QccError(f"calibration data must be a dict of arrays (x, y), got {type(calib).__name__}")
+    given = {k: np.asarray(v) for k, v in calib.items()}
+    names = [v.name for v in graph.inputs]
+    if "y" in given and "y" not in names:
+        given.pop("y")
+    if len(names) == 1 and names[0] not in given and "x" in given:
+        given[names[0]] = given.pop("x")
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise QccError(f"calibration data has no array for input(s) {', '.join(missing)} "
+                       f"(has: {', '.join(sorted(calib)) or 'nothing'})")
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise QccError(f"calibration data has array(s) {', '.join(unknown)} that are not graph inputs "
+                       f"(inputs: {', '.join(names)})")
+    for v in graph.inputs:
+        _check_shape(v, given[v.name])
+    return {v.name: given[v.name] for v in graph.inputs}
+
+
+def _check_shape(value: Value, array: np.ndarray) -> None:
+    expected = value.type.shape
+    if not expected:
+        raise ShapeError(f"input '{value.name}' is a scalar, so calibration data cannot hold samples of it")
+    fits = array.ndim == len(expected) and all(
+        isinstance(d, str) or d == s for d, s in zip(expected[1:], array.shape[1:]))
+    if not fits:
+        dims = ", ".join(map(str, expected))
+        raise ShapeError(f"calibration data for input '{value.name}' has shape {list(array.shape)}, "
+                         f"expected [samples, {', '.join(map(str, expected[1:]))}] (input is [{dims}])")
+
+
+def sample_count(data: dict[str, np.ndarray]) -> int:
+    counts = {name: int(a.shape[0]) for name, a in data.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k}: {n}" for k, n in counts.items())
+        raise ShapeError(f"calibration arrays hold different numbers of samples ({listed})")
+    count = next(iter(counts.values()), 0)
+    if count == 0:
+        raise QccError("calibration data is empty (0 samples)")
+    return count
+
+
+def batch_ranges(graph: Graph, count: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges; a fixed batch dimension in the graph sets the batch size."""
+    fixed = sorted({v.type.shape[0] for v in graph.inputs if isinstance(v.type.shape[0], int)})
+    if len(fixed) > 1:
+        raise ShapeError(f"graph inputs have different fixed batch sizes {fixed}")
+    if fixed:
+        batch_size = fixed[0]
+        if batch_size == 0:
+            raise ShapeError("the graph's batch dimension is fixed at 0, so it cannot run calibration samples")
+        if count % batch_size:
+            raise ShapeError(f"the graph's batch dimension is fixed at {batch_size}, but {count} calibration "
+                             f"samples are not a multiple of it")
+    return [(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]

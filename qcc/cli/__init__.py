@@ -112,6 +112,7 @@ def _context(args):
     from qcc.pass_manager import DumpIRInstrument, PassContext, PrintAfterInstrument, TimingInstrument
 
     ctx = PassContext(progress=_progress(args))
+    ctx.config["progress"] = True if args.progress else (False if args.quiet else None)  # progress bars
     timing = None
     if args.time_passes:
         timing = TimingInstrument()

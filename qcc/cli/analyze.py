@@ -62,7 +62,8 @@ def cmd_analyze(args) -> int:
     calib = load_arrays(args.calib, what="calibration")
     data = load_arrays(args.eval, what="evaluation") if args.eval else calib
     progress = None if args.quiet else (lambda msg: print(f"qcc: {msg}", file=sys.stderr, flush=True))
-    ctx = PassContext(config={"calib": calib, "eval": data}, progress=progress)
+    ctx = PassContext(config={"calib": calib, "eval": data, "progress": False if args.quiet else None},
+                      progress=progress)
     sweep = f"annotate-sensitivity{{bits=[{','.join(map(str, bits))}]"
     sweep += f",workers={args.workers}" if args.workers else ""
     sweep += f',cluster="{args.cluster}"' if args.cluster else ""
