@@ -216,5 +216,8 @@ def summarize(graph: Graph, config: dict[str, Any] | None = None, *, target=None
         "activations_cropped": sum(r.activations_cropped for r in layers),
         **cost_totals,
     }
-    return Report(model=graph.name, layers=layers, totals=totals, config=dict(config or {}),
+    config = dict(config or {})
+    if isinstance(graph.attrs.get("bit_assignment"), dict):  # the chosen mixed-precision configuration
+        config.setdefault("bit_assignment", graph.attrs["bit_assignment"])
+    return Report(model=graph.name, layers=layers, totals=totals, config=config,
                   baselines=_baselines(graph, layers), accuracy=_accuracy(graph, accuracy))
