@@ -19,7 +19,8 @@ import numpy as np
 from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 
-__all__ = ["Target", "LegalBits", "LayerCost", "CostReport", "Artifacts", "register_target",
+__all__ = ["Target", "LegalBits", "LayerCost", "CostReport", "Artifacts", "register_target", "write_artifacts",
+           "read_artifacts", "ARTIFACTS_FILE",
            "registered_targets", "get_target", "PLANNED_TARGETS"]
 
 
@@ -57,8 +58,40 @@ class Artifacts:
     target: str
 
 
+ARTIFACTS_FILE = "artifacts.json"
+
+
+def write_artifacts(artifacts: Artifacts) -> None:
+    """Record what `lower` wrote (OUTDIR/artifacts.json), so `qcc run OUTDIR` can find it again."""
+    import json
+
+    doc = {"target": artifacts.target,
+           "files": {role: str(Path(p).relative_to(artifacts.directory)) for role, p in artifacts.files.items()}}
+    (artifacts.directory / ARTIFACTS_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def read_artifacts(directory: Path) -> Artifacts:
+    """The Artifacts of a compiled folder; a clear error when it is not one."""
+    import json
+
+    path = Path(directory) / ARTIFACTS_FILE
+    if not path.is_file():
+        raise QccError(f"{directory} is not a compiled qcc folder (no {ARTIFACTS_FILE}); run 'qcc compile' first")
+    try:
+        doc = json.loads(path.read_text())
+        files = {role: Path(directory) / rel for role, rel in doc["files"].items()}
+        return Artifacts(directory=Path(directory), files=files, target=str(doc["target"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise QccError(f"{path} is damaged: {e}") from None
+
+
 class Target(ABC):
-    """A backend. Subclasses set `name` and implement every method."""
+    """A backend. Subclasses set `name` and implement every method.
+
+    `lower` writes its files into out_dir and returns Artifacts (the CLI records them in
+    artifacts.json); `simulate` runs them and must equal the reference integer interpreter.
+    `options` are the command's target options (e.g. arch file, device), passed by keyword.
+    """
 
     name: str = ""
 

@@ -20,6 +20,9 @@ __all__ = ["main", "build_parser"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
+# compile options handed to the target's constructor (each target rejects those it does not take)
+TARGET_OPTIONS = ("arch", "energy_budget", "device", "cycles_per_frame", "lut_budget", "synth", "pnr")
+
 
 class _UsageError(QccError):
     pass
@@ -89,8 +92,16 @@ def cmd_run(args) -> int:
     from qcc.interp import run
     from qcc.io import load_arrays, save_npz
 
-    graph = _load(args.model)
     inputs = load_arrays(args.inputs)
+    if Path(args.model).is_dir():  # a compiled folder: run the target's artifacts
+        from qcc.target import get_target, read_artifacts
+
+        artifacts = read_artifacts(Path(args.model))
+        outputs = get_target(artifacts.target).simulate(artifacts, inputs)
+        save_npz(args.output, {k: np.asarray(v) for k, v in outputs.items()})
+        print(f"wrote {args.output} ({artifacts.target} artifacts in {args.model})")
+        return EXIT_OK
+    graph = _load(args.model)
     mode = args.mode
     if mode == "auto":
         annotated = any(v.quant is not None or v.region is not None for v in graph.values())
@@ -171,16 +182,18 @@ def cmd_compile(args) -> int:
     from qcc.io import atomic_dir
     from qcc.pass_manager import run_pipeline
     from qcc.report import summarize
-    from qcc.target import get_target
+    from qcc.target import Artifacts, get_target, write_artifacts
 
-    target = get_target(args.target)  # an unknown or unavailable target fails before any work
+    options = {k: getattr(args, k) for k in TARGET_OPTIONS if getattr(args, k, None) not in (None, False)}
+    target = get_target(args.target, **options)  # an unknown or unavailable target fails before any work
     model = _model_arg(args.model)
     graph = _load(model)
     ctx, timing = _context(args)
     ctx.config["target"] = target
     run_pipeline(graph, target.default_pipeline, ctx)
     with atomic_dir(args.output) as staging:
-        target.lower(graph, staging)
+        artifacts = target.lower(graph, staging)
+        write_artifacts(Artifacts(directory=staging, files=artifacts.files, target=target.name))
         report = summarize(graph, config={"command": "compile", "target": args.target, "model": str(model)},
                            target=target)
         (staging / "report.json").write_text(report.to_json())
@@ -244,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, metavar="T", help="cpu | cim | fpga")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     p.add_argument("--eval", metavar="EVAL.npz", help="evaluation data for measured accuracy")
+    p.add_argument("--arch", metavar="ARCH.toml", help="cim: architecture description (default: ISAAC)")
+    p.add_argument("--energy-budget", metavar="E", help="cim: energy per inference for assign-bits, e.g. 5uJ")
+    p.add_argument("--device", choices=["ice40", "ecp5", "xilinx"], help="fpga: synthesis family")
+    p.add_argument("--cycles-per-frame", type=int, metavar="N", help="fpga: throughput target for folding")
+    p.add_argument("--lut-budget", type=int, metavar="N", help="fpga: resource budget for folding")
+    p.add_argument("--synth", action="store_true", help="fpga: synthesize with Yosys")
+    p.add_argument("--pnr", action="store_true", help="fpga: place and route with nextpnr")
     _add_pass_options(p)
     p.set_defaults(func=cmd_compile)
 
