@@ -116,7 +116,10 @@ class Target(ABC):
 PLANNED_TARGETS = {"cpu": "TVM with bit-serial kernels", "cim": "compute-in-memory crossbars",
                    "fpga": "Verilog dataflow netlists"}
 
-_TARGETS: dict[str, str] = {}
+_TARGETS: dict[str, str] = {
+    "cim": "qcc.targets.cim:CimTarget",
+    "cpu": "qcc.targets.cpu:CpuTarget",
+}
 
 
 def register_target(name: str, target: str | type[Target]) -> None:

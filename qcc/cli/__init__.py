@@ -189,6 +189,11 @@ def cmd_compile(args) -> int:
     model = _model_arg(args.model)
     graph = _load(model)
     ctx, timing = _context(args)
+    if "calib" not in ctx.config and model.resolve() == _default_model().resolve():  # the bundled example
+        from qcc.examples import CALIB
+        from qcc.io import load_arrays
+
+        ctx.config["calib"] = load_arrays(CALIB, what="calibration")
     ctx.config["target"] = target
     run_pipeline(graph, target.default_pipeline, ctx)
     with atomic_dir(args.output) as staging:

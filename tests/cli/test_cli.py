@@ -99,8 +99,8 @@ def test_opt_dump_dir_numbers_passes(tmp_path):
 
 
 def test_compile_without_targets_is_a_clear_user_error(tmp_path, capsys):
-    assert qcc("compile", "--target", "cim", "-o", tmp_path / "out") == 2
-    assert "target 'cim'" in _one_line_error(capsys)
+    assert qcc("compile", "--target", "tpu", "-o", tmp_path / "out") == 2
+    assert "target 'tpu'" in _one_line_error(capsys)
     assert not (tmp_path / "out").exists()
 
 

@@ -1,0 +1,155 @@
+"""The compute-in-memory target (`qcc compile --target cim`): crossbar mapping, cost, simulator.
+
+Options: `arch` (an architecture TOML file; default ISAAC, see qcc.targets.cim.arch) and
+`energy_budget` (energy per inference, e.g. "5uJ", for assign-bits with the CIM cost model).
+`lower` writes the quantized model (model.qir + .npz), mapping.json (crossbars, rows, columns, cell
+levels), arch.toml (the architecture used) and two PNG plots (crossbar utilisation, per-layer
+energy breakdown); `simulate` maps the saved model again (mapping is deterministic) and runs the
+crossbar simulator, which equals the integer interpreter bit for bit when the ADCs are lossless.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from qcc.errors import QccError
+from qcc.ir.graph import Graph, Node
+from qcc.target import Artifacts, CostReport, LayerCost, LegalBits, Target
+from qcc.targets.cim.arch import ISAAC, Arch, arch_to_toml, load_arch
+from qcc.targets.cim.cost import ENERGY_PARTS, UNITS, graph_cost
+from qcc.targets.cim.mapping import MAC_OPS, map_graph, mapping_to_json
+
+__all__ = ["CimTarget", "parse_energy"]
+
+_ENERGY_UNITS = {"pj": 1.0, "nj": 1e3, "uj": 1e6, "µj": 1e6, "mj": 1e9, "j": 1e12}
+_ENERGY = re.compile(r"(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(?P<unit>[a-zA-Zµ]*)")
+
+
+def parse_energy(text: str) -> float:
+    """"5uJ" -> 5e6 (pJ); a bare number is pJ. Units: pJ, nJ, uJ (µJ), mJ, J."""
+    m = _ENERGY.fullmatch(str(text).strip())
+    unit = (m["unit"] if m else "").lower() or "pj"
+    if m is None or unit not in _ENERGY_UNITS:
+        raise QccError(f"energy budget '{text}' is not an energy: expected a number and a unit pJ, nJ, uJ, mJ "
+                       f"or J (e.g. 5uJ)")
+    value = float(m["num"]) * _ENERGY_UNITS[unit]
+    if not value > 0:
+        raise QccError(f"energy budget '{text}' must be positive")
+    return value
+
+
+class CimTarget(Target):
+    """Crossbar compute-in-memory accelerators (ISAAC by default)."""
+
+    name = "cim"
+
+    def __init__(self, arch: str | Path | Arch | None = None, energy_budget: str | float | None = None,
+                 **others):
+        if others:
+            raise QccError(f"target 'cim' takes no option(s) {', '.join(sorted(others))} "
+                           f"(it takes --arch and --energy-budget)")
+        if isinstance(arch, Arch):
+            self.arch = arch
+        else:
+            self.arch = ISAAC if arch is None else load_arch(arch)
+        self.energy_budget_pj = None if energy_budget is None else (
+            float(energy_budget) if isinstance(energy_budget, int | float) else parse_energy(energy_budget))
+
+    def legal_bits(self, node: Node) -> LegalBits:
+        bits = tuple(range(1, 17))
+        return LegalBits(weight_bits=bits, activation_bits=bits, schemes=("uniform", "codebook"))
+
+    @property
+    def default_pipeline(self) -> str:
+        if self.energy_budget_pj is None:
+            return "canonicalize,fold-bn,calibrate,quantize"
+        return ("canonicalize,fold-bn,calibrate,annotate-sensitivity,"
+                f"assign-bits{{target-budget={self.energy_budget_pj!r},target-metric=energy_pj}},quantize")
+
+    def cost(self, graph: Graph) -> CostReport:
+        mapping = map_graph(graph, self.arch, check=False)
+        layers, totals = graph_cost(mapping)
+        rows = tuple(LayerCost(m.name, m.op, layers[m.name]) for m in mapping.layers.values())
+        return CostReport(layers=rows, totals=totals, units=UNITS)
+
+    def lower(self, graph: Graph, out_dir: Path) -> Artifacts:
+        from qcc.frontend.qir import save
+
+        out_dir = Path(out_dir)
+        mapping = map_graph(graph, self.arch)
+        _check_mapped(graph, mapping)
+        save(graph, out_dir / "model.qir")
+        (out_dir / "mapping.json").write_text(mapping_to_json(mapping))
+        (out_dir / "arch.toml").write_text(arch_to_toml(self.arch))
+        layers, _ = graph_cost(mapping)
+        _plot_utilisation(layers, out_dir / "crossbar_utilisation.png")
+        _plot_energy(layers, out_dir / "energy_breakdown.png")
+        files = {"model": out_dir / "model.qir", "weights": out_dir / "model.npz",
+                 "mapping": out_dir / "mapping.json", "arch": out_dir / "arch.toml",
+                 "utilisation_plot": out_dir / "crossbar_utilisation.png",
+                 "energy_plot": out_dir / "energy_breakdown.png"}
+        return Artifacts(directory=out_dir, files={k: v for k, v in files.items() if v.exists()}, target=self.name)
+
+    def simulate(self, artifacts: Artifacts, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from qcc.frontend.qir import load
+        from qcc.targets.cim.simulate import simulate
+
+        for role in ("model", "arch"):
+            if role not in artifacts.files or not Path(artifacts.files[role]).is_file():
+                raise QccError(f"{artifacts.directory} has no {role} file; recompile with 'qcc compile --target cim'")
+        graph = load(artifacts.files["model"])
+        arch = load_arch(artifacts.files["arch"])
+        return simulate(graph, map_graph(graph, arch), inputs)
+
+
+def _check_mapped(graph: Graph, mapping) -> None:
+    for node in graph.nodes:
+        if node.op in MAC_OPS and node.name not in mapping.layers:
+            raise QccError(f"target 'cim' cannot map {node.op} '{node.name}' onto crossbars: it needs a quantized "
+                           f"(uniform or codebook) constant weight and a per-tensor uniform input (run quantize)")
+
+
+def _plot_utilisation(layers: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(layers)
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 2), 3.5))
+    ax.bar(range(len(names)), [100 * layers[n]["utilisation"] for n in names], color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("cell utilisation (%)")
+    ax.set_ylim(0, 100)
+    for i, n in enumerate(names):
+        ax.text(i, 2, f"{layers[n]['crossbars']}", ha="center", fontsize=7)
+    ax.set_title("crossbar utilisation (numbers: crossbars)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_energy(layers: dict[str, dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(layers)
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 3), 3.5))
+    bottom = np.zeros(len(names))
+    for part in ENERGY_PARTS:
+        values = np.array([layers[n][f"energy_{part}_pj"] / 1e3 for n in names])
+        ax.bar(range(len(names)), values, bottom=bottom, label=part)
+        bottom += values
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("energy per inference (nJ)")
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("per-layer energy by component")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

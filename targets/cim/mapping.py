@@ -1,0 +1,269 @@
+"""Mapping quantized MAC layers onto crossbars (seed 004 §ISAAC, DESIGN.md §5).
+
+Each Conv / Gemm / MatMul whose input is a per-tensor uniform activation and whose weight is a
+uniform or codebook constant becomes, per group, a weight matrix of rows = kh * kw * cin / groups
+(Gemm / MatMul: K) and cols = cout / groups, in the order (cin, kh, kw) of an im2col window.
+
+- Weights: the centred integer weight wc = q - zw (codebook: the integer centroid) is stored as
+  non-negative cell levels. Offset encoding (default): u = wc - lo with lo the smallest
+  representable wc (uniform: qmin - zw; codebook: the smallest centroid), so u has w_bits bits and
+  the digital correction adds lo * sum(x). Differential pairs: u+ = max(wc, 0) and u- = max(-wc, 0)
+  in two column groups, subtracted digitally. Each level is sliced into ceil(bits / bits_per_cell)
+  cells, least significant first (seed 004 Fig. 2: 10-bit weights take 5 columns). Codebook layers
+  store their centroid integers in the cells (one column group per centroid would need 2^bits
+  column groups; centroid values are never costlier for tables of more than two entries).
+- Physical columns: weight column j, pair p (0 = u / u+, 1 = u-), cell k sit at column
+  (j * pairs + p) * cells + k of the group's matrix, tiled over crossbars of rows x cols.
+- Inputs: codes q in [qmin, qmax] are fed as u_x = q - qmin (a_bits bits), dac_bits per crossbar
+  read, so a_bits / dac_bits reads per output position; the correction (qmin - zx) * sum(wc) is
+  digital.
+- ADC: per layer the lossless resolution of ISAAC's rule for the rows one crossbar holds (capped
+  at the architecture's ADC when it is lossy).
+- Crops: a cropped output region (Value.region) is not computed: only interior positions count.
+
+`mapping_to_json` writes which weights sit in which crossbar with their cell levels (enough to
+program a chip); it is deterministic (layers in graph order, crossbars by group, row, column tile).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from qcc.errors import QccError
+from qcc.integer import constant_value
+from qcc.ir.graph import Graph, Node, Value
+from qcc.ir.quant import Codebook, Uniform
+from qcc.targets.cim.arch import Arch, lossless_adc_bits
+
+__all__ = ["LayerMapping", "GraphMapping", "map_layer", "map_graph", "mapping_to_json", "MAC_OPS",
+           "input_spec", "slice_cells", "as_matrices"]
+
+MAC_OPS = ("Conv", "Gemm", "MatMul")
+_THROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Relu", "Pad"}
+
+
+@dataclass(frozen=True, eq=False)
+class LayerMapping:
+    """One MAC layer on crossbars; `levels[g]` is group g's [rows, phys_cols] matrix of cell levels."""
+
+    name: str
+    op: str
+    groups: int
+    rows: int
+    cols: int
+    w_bits: int  # bits of a stored level (u, or |wc| for differential pairs)
+    a_bits: int
+    x_min: int  # input code fed as 0
+    encoding: str  # "offset" | "differential"
+    scheme: str  # weight scheme: "uniform" | "codebook"
+    cells_per_weight: int
+    bits_per_cell: int
+    adc_bits: int
+    positions: int  # output positions computed per sample (crops skipped)
+    total_positions: int
+    levels: np.ndarray  # [groups, rows, phys_cols] int64
+    w_offset: np.ndarray  # [groups, cols] int64: wc = u + w_offset (offset encoding; 0 for differential)
+    row_tiles: int
+    col_tiles: int
+
+    @property
+    def pairs(self) -> int:
+        return 2 if self.encoding == "differential" else 1
+
+    @property
+    def phys_cols(self) -> int:
+        return self.cols * self.pairs * self.cells_per_weight
+
+    @property
+    def crossbars(self) -> int:
+        return self.groups * self.row_tiles * self.col_tiles
+
+    @property
+    def macs(self) -> int:
+        return self.positions * self.groups * self.rows * self.cols
+
+    def weight_matrix(self) -> np.ndarray:
+        """The centred integer weights [groups, rows, cols] the cells encode (for checks)."""
+        g, r = self.groups, self.rows
+        cells = self.levels.reshape(g, r, self.cols, self.pairs, self.cells_per_weight)
+        shifts = np.arange(self.cells_per_weight, dtype=np.int64) * self.bits_per_cell
+        u = (cells << shifts).sum(axis=-1)
+        if self.encoding == "differential":
+            return u[..., 0] - u[..., 1]
+        return u[..., 0] + self.w_offset[:, None, :]
+
+
+@dataclass(frozen=True, eq=False)
+class GraphMapping:
+    arch: Arch
+    layers: dict[str, LayerMapping]
+
+    @property
+    def crossbars(self) -> int:
+        return sum(m.crossbars for m in self.layers.values())
+
+
+def input_spec(value: Value) -> Uniform | None:
+    """The uniform annotation whose codes reach `value` (through code-preserving ops), if any."""
+    while value is not None:
+        if value.quant is not None:
+            return value.quant if isinstance(value.quant, Uniform) else None
+        node = value.producer
+        if node is None or node.op not in _THROUGH:
+            return None
+        value = node.inputs[0]
+    return None
+
+
+def slice_cells(u: np.ndarray, cells: int, bits_per_cell: int) -> np.ndarray:
+    """Non-negative levels [..., n] -> cells [..., n * cells], least significant cell first."""
+    shifts = np.arange(cells, dtype=np.int64) * bits_per_cell
+    c = (u[..., None] >> shifts) & ((1 << bits_per_cell) - 1)
+    return c.reshape(*u.shape[:-1], u.shape[-1] * cells)
+
+
+def as_matrices(node: Node, wc: np.ndarray) -> np.ndarray | None:
+    """Centred weights as [groups, rows, cols] in im2col order, or None when not a plain matrix."""
+    if node.op == "Conv":
+        if wc.ndim != 4:
+            return None  # 1-D / 3-D convolutions stay digital
+        groups = int(node.attrs.get("group", 1))
+        cout = wc.shape[0]
+        per = wc.reshape(groups, cout // groups, -1)  # [g, cout_g, cin_g*kh*kw]
+        return per.transpose(0, 2, 1)
+    if node.op == "Gemm":
+        a = node.attrs
+        if a["alpha"] != 1.0 or a["beta"] != 1.0 or a["transA"] or wc.ndim != 2:
+            return None
+        return (wc.T if a["transB"] else wc)[None]
+    return wc[None] if wc.ndim == 2 else None
+
+
+def _positions(node: Node) -> tuple[int, int]:
+    """(computed, total) output positions per sample; a cropped region is not computed."""
+    out = node.outputs[0]
+    shape = out.type.shape
+    if node.op == "Conv":
+        h, w = (shape[2], shape[3]) if len(shape) == 4 else (int(np.prod(shape[2:])), 1)
+        total = int(h) * int(w)
+        region = out.region
+        if region is None or region.empty or len(shape) != 4:
+            return total, total
+        inner = max(int(h) - region.top - region.bottom, 0) * max(int(w) - region.left - region.right, 0)
+        return inner, total
+    if node.op == "Gemm":
+        return 1, 1
+    total = int(np.prod([int(d) for d in shape[1:-1]])) if len(shape) > 2 else 1
+    return total, total
+
+
+def _mappable(node: Node) -> tuple[Uniform, Value] | None:
+    if node.op not in MAC_OPS or len(node.inputs) < 2:
+        return None
+    x, w = node.inputs[0], node.inputs[1]
+    if w is None or not w.is_constant or not isinstance(w.quant, Uniform | Codebook):
+        return None
+    spec = input_spec(x)
+    if spec is None or spec.axis is not None and spec.channels and spec.channels > 1:
+        return None
+    if any(isinstance(d, str) for d in node.outputs[0].type.shape[1:]):
+        return None
+    return spec, w
+
+
+def map_layer(node: Node, arch: Arch, encoding: str | None = None) -> LayerMapping | None:
+    """The crossbar mapping of one MAC node, or None when it is not a quantized MAC layer."""
+    found = _mappable(node)
+    if found is None:
+        return None
+    xspec, wval = found
+    encoding = encoding or arch.signed_encoding
+    w = constant_value(wval)
+    wc = w.centred()
+    wm = as_matrices(node, wc)
+    if wm is None:
+        return None
+    groups, rows, cols = wm.shape
+    if isinstance(wval.quant, Codebook):
+        values = [c for t in wval.quant.tables() for c in t]
+        lo, hi = min(values), max(values)
+        w_off = np.full((groups, cols), lo, np.int64)
+    else:
+        zp = np.broadcast_to(w.zero_point, w.q.shape).astype(np.int64)
+        zpm = as_matrices(node, zp)
+        if zpm is None or np.any(zpm != zpm[:, :1, :]):
+            return None  # zero point varies along the reduction axis: no integer form
+        w_off = (wval.quant.qmin - zpm[:, 0, :]).astype(np.int64)
+        lo, hi = wval.quant.qmin - int(zp.max()), wval.quant.qmax - int(zp.min())
+    if encoding == "differential":
+        w_bits = max(math.ceil(math.log2(max(abs(lo), abs(hi)) + 1)), 1)
+        u = np.stack([np.maximum(wm, 0), np.maximum(-wm, 0)], axis=-1)  # g, r, c, 2
+        w_off = np.zeros((groups, cols), np.int64)
+    else:
+        w_bits = max(math.ceil(math.log2(hi - lo + 1)), 1)
+        u = (wm - w_off[:, None, :])[..., None]
+    cells = math.ceil(w_bits / arch.bits_per_cell)
+    levels = slice_cells(u.reshape(groups, rows, -1), cells, arch.bits_per_cell)
+    positions, total = _positions(node)
+    phys = cols * u.shape[-1] * cells
+    xbar_rows = min(rows, arch.rows)
+    adc = lossless_adc_bits(xbar_rows, arch.dac_bits, arch.bits_per_cell, arch.flip_encoding)
+    if not arch.lossless:
+        adc = min(adc, arch.adc_bits)
+    return LayerMapping(
+        name=node.name, op=node.op, groups=groups, rows=rows, cols=cols, w_bits=w_bits, a_bits=xspec.bits,
+        x_min=xspec.qmin, encoding=encoding, scheme=wval.quant.scheme, cells_per_weight=cells,
+        bits_per_cell=arch.bits_per_cell, adc_bits=adc, positions=positions, total_positions=total,
+        levels=levels.astype(np.int64), w_offset=w_off, row_tiles=math.ceil(rows / arch.rows),
+        col_tiles=math.ceil(phys / arch.cols))
+
+
+def map_graph(graph: Graph, arch: Arch, encoding: str | None = None, *, check: bool = True) -> GraphMapping:
+    """Map every quantized MAC layer; with `check`, a clear error when the weights do not fit on the chip."""
+    layers = {}
+    for node in graph.nodes:
+        m = map_layer(node, arch, encoding)
+        if m is not None:
+            layers[node.name] = m
+    mapping = GraphMapping(arch, layers)
+    if check and mapping.crossbars > arch.crossbars:
+        big = max(layers.values(), key=lambda m: m.crossbars)
+        raise QccError(f"the model needs {mapping.crossbars} crossbars but the chip has {arch.crossbars} "
+                       f"({arch.tiles} tiles); largest layer '{big.name}' needs {big.crossbars} "
+                       f"(use fewer weight bits or a larger architecture)")
+    return mapping
+
+
+def _crossbars(m: LayerMapping, arch: Arch) -> list[dict]:
+    out = []
+    per_weight = m.pairs * m.cells_per_weight
+    for g in range(m.groups):
+        for rt in range(m.row_tiles):
+            r0, r1 = rt * arch.rows, min((rt + 1) * arch.rows, m.rows)
+            for ct in range(m.col_tiles):
+                c0, c1 = ct * arch.cols, min((ct + 1) * arch.cols, m.phys_cols)
+                out.append({"group": g, "rows": [r0, r1], "columns": [c0, c1],
+                            "weight_columns": [c0 // per_weight, (c1 - 1) // per_weight + 1],
+                            "levels": m.levels[g, r0:r1, c0:c1].tolist()})
+    return out
+
+
+def _layer_json(m: LayerMapping, arch: Arch) -> dict:
+    return {"name": m.name, "op": m.op, "groups": m.groups, "rows": m.rows, "cols": m.cols,
+            "w_bits": m.w_bits, "a_bits": m.a_bits, "x_min": m.x_min, "encoding": m.encoding,
+            "scheme": m.scheme, "cells_per_weight": m.cells_per_weight, "adc_bits": m.adc_bits,
+            "positions": m.positions, "total_positions": m.total_positions,
+            "column_order": "(weight column, pair, cell) with the least significant cell first",
+            "w_offset": m.w_offset.tolist(), "crossbars": _crossbars(m, arch)}
+
+
+def mapping_to_json(mapping: GraphMapping) -> str:
+    doc = {"format": "qcc.cim.mapping/1", "crossbar": [mapping.arch.rows, mapping.arch.cols],
+           "bits_per_cell": mapping.arch.bits_per_cell, "dac_bits": mapping.arch.dac_bits,
+           "crossbars": mapping.crossbars,
+           "layers": [_layer_json(m, mapping.arch) for m in mapping.layers.values()]}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"

@@ -1,0 +1,114 @@
+"""Bit-serial TVM kernels (targets/cpu) against the integer interpreter, bit for bit.
+
+Random quantized Gemm and Conv layers (1-8 bit weights and activations, signed / unsigned, zero
+points, per-channel weight scales, bias, bipolar XNOR layers, strides, pads, dilations, groups): the
+layer's input codes come from qcc.integer (quantize_result of a float input), and the kernel's
+result (accumulator + bias at scale sx*sw) must equal qcc.integer.evaluate_node exactly. Shapes are
+tiny and kernels are cached by shape, so TVM compiles few of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("tvm")
+
+from qcc.integer import QTensor, constant_value, evaluate_node, quantize_result  # noqa: E402
+from qcc.ir.graph import Graph  # noqa: E402
+from qcc.ir.quant import Bipolar, Uniform  # noqa: E402
+from qcc.ir.types import TensorType  # noqa: E402
+from qcc.targets.cpu.kernels import weight_bits  # noqa: E402
+from qcc.targets.cpu.layers import LayerKernel, accelerated_result, plan_layer  # noqa: E402
+
+SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _act_spec(draw, bipolar: bool):
+    if bipolar:
+        return Bipolar(scale=0.5)
+    bits = draw(st.integers(1, 8))
+    signed = draw(st.booleans()) and bits > 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    return Uniform(bits=bits, signed=signed, scale=draw(st.sampled_from([0.05, 0.1, 0.25])),
+                   zero_point=draw(st.integers(lo, hi)))
+
+
+def _weights(draw, rng, shape, bipolar: bool, channels: int):
+    if bipolar:
+        return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32), Bipolar(scale=1.0)
+    bits = draw(st.integers(1, 8))
+    signed = bits > 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 1)
+    zp = draw(st.integers(lo, hi)) if draw(st.booleans()) else 0
+    per_channel = draw(st.booleans())
+    scale = tuple(float(s) for s in rng.choice([0.01, 0.02, 0.03], channels)) if per_channel else 0.02
+    spec = Uniform(bits=bits, signed=signed, scale=scale, zero_point=zp, axis=0 if per_channel else None)
+    codes = rng.integers(lo, hi + 1, shape)
+    scale_arr = np.asarray(scale, np.float32).reshape((-1,) + (1,) * (len(shape) - 1)) if per_channel \
+        else np.float32(scale)
+    return ((codes - zp) * scale_arr).astype(np.float32), spec
+
+
+def _check(node, x_float):
+    x = quantize_result(x_float, node.inputs[0].quant)
+    assert isinstance(x, QTensor)
+    args = [x] + [constant_value(v) if v is not None else None for v in node.inputs[1:]]
+    plan = plan_layer(node)
+    assert plan is not None
+    kernel = LayerKernel(plan)
+    assert kernel.accepts(node, x)
+    want = evaluate_node(node, args)[0]
+    got = accelerated_result(node, args, kernel)[0]
+    assert got.q.dtype == np.int64 and np.array_equal(got.q, want.q)
+    assert np.array_equal(np.broadcast_to(got.scale, want.scale.shape), want.scale)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_dense_equals_integer_interpreter(data):
+    draw = data.draw
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    bipolar = draw(st.booleans()) and draw(st.booleans())
+    k, n, m = draw(st.sampled_from([5, 64, 70])), draw(st.sampled_from([3, 8, 11])), draw(st.integers(1, 3))
+    g = Graph()
+    x = g.add_input("x", TensorType((m, k)), quant=_act_spec(draw, bipolar))
+    w_data, w_spec = _weights(draw, rng, (n, k), bipolar, n)
+    w = g.add_constant("w", w_data, quant=w_spec)
+    b = g.add_constant("b", rng.normal(size=n).astype(np.float32)) if draw(st.booleans()) else None
+    node = g.add_node("Gemm", [x, w, b] if b is not None else [x, w], attrs={"transB": 1})
+    _check(node, rng.uniform(-3, 3, (m, k)).astype(np.float32))
+
+
+@SETTINGS
+@given(data=st.data())
+def test_conv_equals_integer_interpreter(data):
+    draw = data.draw
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    bipolar = draw(st.booleans()) and draw(st.booleans())
+    group = draw(st.sampled_from([1, 1, 2]))
+    c = group * draw(st.sampled_from([1, 3, 65]))
+    co = group * draw(st.sampled_from([1, 4, 5]))
+    k = draw(st.sampled_from([1, 3]))
+    h, wd = draw(st.integers(k, 6)), draw(st.integers(k, 6))
+    pads = [draw(st.integers(0, k - 1 if k > 1 else 0)) for _ in range(4)]
+    strides = [draw(st.integers(1, 2)) for _ in range(2)]
+    dil = [draw(st.integers(1, 2)) if k > 1 and h >= 2 * k - 1 and wd >= 2 * k - 1 else 1 for _ in range(2)]
+    g = Graph()
+    x = g.add_input("x", TensorType((2, c, h, wd)), quant=_act_spec(draw, bipolar))
+    w_data, w_spec = _weights(draw, rng, (co, c // group, k, k), bipolar, co)
+    w = g.add_constant("w", w_data, quant=w_spec)
+    b = g.add_constant("b", rng.normal(size=co).astype(np.float32)) if draw(st.booleans()) else None
+    attrs = {"group": group, "kernel_shape": [k, k], "strides": strides, "pads": pads, "dilations": dil}
+    node = g.add_node("Conv", [x, w, b] if b is not None else [x, w], attrs=attrs)
+    _check(node, rng.uniform(-3, 3, (2, c, h, wd)).astype(np.float32))
+
+
+def test_weight_bits_is_the_narrowest_twos_complement():
+    assert weight_bits(np.array([0])) == 1
+    assert weight_bits(np.array([-1, 0])) == 1
+    assert weight_bits(np.array([1])) == 2
+    assert weight_bits(np.array([-8, 7])) == 4
+    assert weight_bits(np.array([-9])) == 5
