@@ -119,6 +119,7 @@ PLANNED_TARGETS = {"cpu": "TVM with bit-serial kernels", "cim": "compute-in-memo
 _TARGETS: dict[str, str] = {
     "cim": "qcc.targets.cim:CimTarget",
     "cpu": "qcc.targets.cpu:CpuTarget",
+    "fpga": "qcc.targets.fpga:FpgaTarget",
 }
 
 
