@@ -19,7 +19,7 @@ import numpy as np
 
 from qcc.errors import QccError
 
-__all__ = ["atomic_writes", "atomic_dir", "write_bytes", "write_npz", "save_npz", "load_arrays"]
+__all__ = ["atomic_writes", "atomic_dir", "check_output_dir", "write_bytes", "write_npz", "save_npz", "load_arrays"]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -52,17 +52,23 @@ def atomic_writes(*paths: os.PathLike | str) -> Iterator[list[Path]]:
                 tmp.unlink()
 
 
+def check_output_dir(directory: os.PathLike | str) -> Path:
+    """The output folder, if it can be created (missing or empty, parent present); else a user error."""
+    out = Path(directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise QccError(f"output folder {out} exists and is not empty")
+    if not out.parent.is_dir():
+        raise QccError(f"cannot create {out}: folder {out.parent} does not exist")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_dir(directory: os.PathLike | str) -> Iterator[Path]:
     """Yield a staging folder that becomes `directory` on success; nothing is left on failure.
 
     `directory` must not exist or be empty; its parent must exist.
     """
-    out = Path(directory)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise QccError(f"output folder {out} exists and is not empty")
-    if not out.parent.is_dir():
-        raise QccError(f"cannot create {out}: folder {out.parent} does not exist")
+    out = check_output_dir(directory)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield staging

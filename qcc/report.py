@@ -23,7 +23,7 @@ from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import Codebook, QuantSpec
 from qcc.ops import get_op
 
-__all__ = ["LayerRow", "Report", "summarize", "SCHEMA"]
+__all__ = ["LayerRow", "Report", "summarize", "uniform_totals", "SCHEMA"]
 
 SCHEMA = "qcc.report/1"
 
@@ -159,20 +159,23 @@ def _sensitivity_summary(node: Node) -> dict[str, Any] | None:
             for var, by_scheme in table.items() if isinstance(by_scheme, dict)}
 
 
+def uniform_totals(graph: Graph, bits: int, layers: list[LayerRow] | None = None) -> dict[str, int]:
+    """Weight bits and BOPs of the network with every layer's weights and inputs at `bits` (biases 32)."""
+    weight_bits = 0
+    for node in graph.nodes:
+        for i, v in enumerate(node.inputs):
+            if v is None or not v.is_constant:
+                continue
+            quantizable = node.op in LAYER_OPS and i == 1
+            weight_bits += v.type.numel() * (bits if quantizable else 32)
+    rows = layers if layers is not None else [_row(n) for n in graph.nodes if n.op in LAYER_OPS]
+    bops = sum(r.macs * bits * bits for r in rows if r.op in LAYER_OPS)
+    return {"weight_bits_total": weight_bits, "bops": bops}
+
+
 def _baselines(graph: Graph, layers: list[LayerRow]) -> dict[str, dict[str, int]]:
-    """Totals of the same network in fp32 and in uniform 8-bit (weights and layer inputs; biases 32)."""
-    out: dict[str, dict[str, int]] = {}
-    for label, bits in (("fp32", 32), ("uniform8", 8)):
-        weight_bits = 0
-        for node in graph.nodes:
-            for i, v in enumerate(node.inputs):
-                if v is None or not v.is_constant:
-                    continue
-                quantizable = node.op in LAYER_OPS and i == 1
-                weight_bits += v.type.numel() * (bits if quantizable else 32)
-        bops = sum(r.macs * bits * bits for r in layers if r.op in LAYER_OPS)
-        out[label] = {"weight_bits_total": weight_bits, "bops": bops}
-    return out
+    """Totals of the same network in fp32 and in uniform 8-bit."""
+    return {"fp32": uniform_totals(graph, 32, layers), "uniform8": uniform_totals(graph, 8, layers)}
 
 
 def _accuracy(graph: Graph, given: dict[str, Any] | None) -> dict[str, Any]:

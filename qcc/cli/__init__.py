@@ -179,13 +179,14 @@ def cmd_opt(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from qcc.io import atomic_dir
+    from qcc.io import atomic_dir, check_output_dir
     from qcc.pass_manager import run_pipeline
     from qcc.report import summarize
     from qcc.target import Artifacts, get_target, write_artifacts
 
     options = {k: getattr(args, k) for k in TARGET_OPTIONS if getattr(args, k, None) not in (None, False)}
     target = get_target(args.target, **options)  # an unknown or unavailable target fails before any work
+    check_output_dir(args.output)
     model = _model_arg(args.model)
     graph = _load(model)
     ctx, timing = _context(args)

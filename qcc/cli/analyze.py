@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from qcc.errors import QccError
+
 __all__ = ["cmd_analyze", "add_analyze_parser", "sensitivity_table_text"]
 
 FRONT_POINTS = 8
@@ -48,16 +50,20 @@ def _measure_uniform(graph, bits: int, calib, data) -> dict[str, Any]:
 
 
 def cmd_analyze(args) -> int:
-    from qcc.bitassign import front, measure
+    from qcc.bitassign import Solution, front, measure
     from qcc.config import LAYER_OPS
     from qcc.frontend import load_model
-    from qcc.io import atomic_dir, load_arrays
+    from qcc.io import atomic_dir, check_output_dir, load_arrays
     from qcc.pass_manager import PassContext, get_pass_class, run_pipeline
     from qcc.plots import bubble_chart, layer_distribution, sensitivity_heatmap
-    from qcc.report import summarize
+    from qcc.report import summarize, uniform_totals
     from qcc.sensitivity import table
 
-    bits = tuple(int(b) for b in args.bits.split(","))
+    check_output_dir(args.output)  # before the sweep, not after it
+    try:
+        bits = tuple(int(b) for b in args.bits.split(","))
+    except ValueError:
+        raise QccError(f"--bits must be comma-separated integers, e.g. 2,4,8; got {args.bits!r}") from None
     graph = load_model(args.model)
     calib = load_arrays(args.calib, what="calibration")
     data = load_arrays(args.eval, what="evaluation") if args.eval else calib
@@ -83,8 +89,6 @@ def cmd_analyze(args) -> int:
     points = []
     float_top1 = None
     for row in rows:
-        from qcc.bitassign import Solution
-
         config = assign.configuration(Solution(choice=_choice(problem, row), objective=row["predicted_l2"], used={}))
         measured = measure(graph, config, calib, data)
         float_top1 = measured["float_top1"]
@@ -94,7 +98,7 @@ def cmd_analyze(args) -> int:
     for b in (8, 4):
         m = _measure_uniform(graph, b, calib, data)
         float_top1 = m["float_top1"]
-        report_b = _uniform_totals(graph, b)
+        report_b = uniform_totals(graph, b)
         baselines[f"uniform{b}"] = {**report_b, **m}
     report = summarize(graph, config={"command": "analyze", "model": str(args.model), "bits": list(bits)},
                        accuracy={"float_top1": float_top1})
@@ -125,19 +129,6 @@ def _choice(problem, row):
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     return {var: {scheme: {b: e.get("output_l2") for b, e in by_bits.items()} for scheme, by_bits in by.items()}
             for var, by in row.items()}
-
-
-def _uniform_totals(graph, bits: int) -> dict[str, int]:
-    from qcc.report import summarize
-
-    base = summarize(graph).baselines
-    if bits == 8:
-        return dict(base["uniform8"])
-    scale = bits / 8
-    w8, w32 = base["uniform8"]["weight_bits_total"], base["fp32"]["weight_bits_total"]
-    weights_8 = (w32 - w8) / 3  # quantizable weight bits at 8 bits: w32 - w8 = 24 * n
-    return {"weight_bits_total": int(round(w8 - weights_8 * (1 - scale))),
-            "bops": int(round(base["uniform8"]["bops"] * scale * scale))}
 
 
 def _front_text(points, baselines) -> str:

@@ -261,3 +261,18 @@ def test_analyze_writes_report_and_plots(tmp_path, capsys):
     assert doc["schema"] == "qcc.report/1" and doc["analysis"]["pareto"]
     assert all(p["measured_top1"] is not None for p in doc["analysis"]["pareto"])
     assert doc["layers"][0]["sensitivity"] is not None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["analyze", "MODEL", "--calib", "CALIB", "-o", "OUT", "--bits", "2,four"], "--bits must be comma-separated"),
+    (["compile", "--target", "cim", "-o", "FULL"], "exists and is not empty"),
+])
+def test_output_and_option_errors_come_before_any_work(tmp_path, capsys, args, message):
+    from qcc.examples import CALIB
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    subst = {"MODEL": MODEL, "CALIB": CALIB, "OUT": tmp_path / "out", "FULL": tmp_path / "full"}
+    assert qcc(*[subst.get(a, a) for a in args]) == 2
+    assert message in _one_line_error(capsys)
+    assert _listing(tmp_path) == ["full"] and _listing(tmp_path / "full") == ["keep.txt"]
