@@ -15,7 +15,18 @@ __all__ = [
 
 
 class QccError(Exception):
-    """An error caused by the input or the options; its message is one clear line for the user."""
+    """An error caused by the input or the options; its message is one clear line for the user.
+
+    Control characters in the message (e.g. a newline inside a quoted name taken from the input) are
+    shown escaped, so the message stays one line whatever the input holds.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*(_one_line(a) if isinstance(a, str) else a for a in args))
+
+
+def _one_line(text: str) -> str:
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class ParseError(QccError):

@@ -184,3 +184,10 @@ def test_verifier_rejects_random_breakage(g, data):
         message = "shape mismatch|does not match|do not|differ|channels|cannot|expects|inner dims"
     with pytest.raises(VerifyError, match=message):
         verify(g)
+
+
+def test_error_messages_stay_one_line_whatever_the_input_holds():
+    from qcc.errors import ParseError, QccError
+
+    assert str(QccError("missing weight 'a\nb\tc'")) == "missing weight 'a\\nb\\tc'"
+    assert "\n" not in str(ParseError("unknown 'x\ny'", line=3, column=2, source="m.qir"))
