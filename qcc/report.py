@@ -58,6 +58,7 @@ class Report:
     config: dict[str, Any]
     baselines: dict[str, dict[str, int]] = field(default_factory=dict)  # fp32 and uniform 8-bit totals
     accuracy: dict[str, Any] = field(default_factory=dict)  # predicted / measured L2 and top-1
+    cost_columns: tuple[str, ...] = ()  # the target's cost fields shown in the table (not in the JSON)
 
     def to_json(self) -> str:
         doc = {"schema": SCHEMA, "model": self.model, "layers": [asdict(r) for r in self.layers],
@@ -76,8 +77,13 @@ class Report:
             saved = [(r.macs_saved, r.activations_cropped) for r in self.layers]
             saved.append((t["macs_saved"], t["activations_cropped"]))
             rows = [row + [f"{m:,}", f"{a:,}"] for row, (m, a) in zip(rows, saved)]
+        right = set(range(len(header))) - {0, 1, 2, 6}
+        for key in self.cost_columns:  # the target's own figures, per layer and in total
+            header.append(key)
+            right.add(len(header) - 1)
+            cells = [_cost_cell(r.cost.get(key)) for r in self.layers] + [_cost_cell(t.get(key))]
+            rows = [row + [c] for row, c in zip(rows, cells)]
         widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-        right = {3, 4, 5, 7, 8}
 
         def fmt(cells):
             return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
@@ -85,6 +91,16 @@ class Report:
 
         rule = "  ".join("-" * w for w in widths)
         return "\n".join([fmt(header), rule, *(fmt(r) for r in rows[:-1]), rule, fmt(rows[-1])]) + "\n"
+
+
+def _cost_cell(value: Any) -> str:
+    """Integral figures with thousands separators, others to 4 significant digits; '' when absent."""
+    if value is None:
+        return ""
+    value = float(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return f"{int(value):,}"
+    return f"{value:.4g}"
 
 
 def _plain(value: Any) -> Any:
@@ -222,5 +238,7 @@ def summarize(graph: Graph, config: dict[str, Any] | None = None, *, target=None
     config = dict(config or {})
     if isinstance(graph.attrs.get("bit_assignment"), dict):  # the chosen mixed-precision configuration
         config.setdefault("bit_assignment", graph.attrs["bit_assignment"])
+    columns = tuple(getattr(target, "table_fields", ()) or ()) if target is not None else ()
     return Report(model=graph.name, layers=layers, totals=totals, config=config,
-                  baselines=_baselines(graph, layers), accuracy=_accuracy(graph, accuracy))
+                  baselines=_baselines(graph, layers), accuracy=_accuracy(graph, accuracy),
+                  cost_columns=columns)

@@ -94,6 +94,7 @@ class Target(ABC):
     """
 
     name: str = ""
+    table_fields: tuple[str, ...] = ()  # per-layer cost fields `qcc compile` shows as table columns
 
     @abstractmethod
     def legal_bits(self, node: Node) -> LegalBits: ...

@@ -196,15 +196,67 @@ def cmd_compile(args) -> int:
 
         ctx.config["calib"] = load_arrays(CALIB, what="calibration")
     ctx.config["target"] = target
+    evaluation = _eval_data(args.eval) if args.eval else None
     run_pipeline(graph, target.default_pipeline, ctx)
     with atomic_dir(args.output) as staging:
         artifacts = target.lower(graph, staging)
         write_artifacts(Artifacts(directory=staging, files=artifacts.files, target=target.name))
+        accuracy = None
+        if evaluation is not None:
+            accuracy = measure_accuracy(graph, target, Artifacts(staging, artifacts.files, target.name),
+                                        *evaluation, progress=ctx.progress)
         report = summarize(graph, config={"command": "compile", "target": args.target, "model": str(model)},
-                           target=target)
+                           target=target, accuracy=accuracy)
         (staging / "report.json").write_text(report.to_json())
     sys.stdout.write(report.table())
+    if accuracy is not None:
+        same = "bit-identical to" if accuracy["target_equals_int"] else "DIFFERENT from"
+        print(f"top-1 on {accuracy['eval_samples']} samples: {args.target} {100 * accuracy['target_top1']:.2f} %, "
+              f"integer interpreter {100 * accuracy['int_top1']:.2f} % (outputs {same} the interpreter's)")
     return EXIT_OK
+
+
+def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of an evaluation file: an .npz with float inputs 'x' and integer labels 'y'."""
+    from qcc.io import load_arrays
+
+    data = load_arrays(path, what="evaluation")
+    if "x" not in data or "y" not in data:
+        raise QccError(f"evaluation file {path} must hold arrays 'x' (inputs) and 'y' (labels); "
+                       f"it holds {', '.join(sorted(data)) or 'nothing'}")
+    x, y = np.asarray(data["x"], dtype=np.float32), np.asarray(data["y"])
+    if len(x) == 0:
+        raise QccError(f"evaluation file {path} holds no samples")
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise QccError(f"evaluation file {path}: 'y' must be one integer label per sample of 'x' "
+                       f"({len(x)} samples)")
+    return x, y
+
+
+def measure_accuracy(graph, target, artifacts, x: np.ndarray, y: np.ndarray, *, batch: int = 64,
+                     progress=None) -> dict:
+    """Top-1 of the compiled artifacts (target.simulate) next to the integer interpreter's, batch by batch."""
+    from qcc.interp import run
+
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise QccError("--eval needs a model with one input and one output")
+    name = graph.inputs[0].name
+    hits_target = hits_int = 0
+    equal = True
+    for start in range(0, len(x), batch):
+        if progress:
+            progress(f"evaluating {start}/{len(x)}")
+        xb, yb = x[start:start + batch], y[start:start + batch]
+        (ref,) = run(graph, {name: xb}, mode="int").values()
+        (out,) = target.simulate(artifacts, {name: xb}).values()
+        ref, out = np.asarray(ref), np.asarray(out)
+        if ref.ndim != 2 or len(ref) != len(yb):
+            raise QccError(f"--eval needs a classifier: the output has shape {ref.shape}, not [N, classes]")
+        equal = equal and out.shape == ref.shape and np.array_equal(out, ref)
+        hits_target += int(np.sum(np.argmax(out, axis=1) == yb))
+        hits_int += int(np.sum(np.argmax(ref, axis=1) == yb))
+    return {"eval_samples": int(len(x)), "target_top1": hits_target / len(x), "int_top1": hits_int / len(x),
+            "target_equals_int": bool(equal)}
 
 
 # ------------------------------------------------------------------------------ parser
