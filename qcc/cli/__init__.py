@@ -178,16 +178,17 @@ def cmd_opt(args) -> int:
     return EXIT_OK
 
 
-def cmd_compile(args) -> int:
-    from qcc.io import atomic_dir, check_output_dir
-    from qcc.pass_manager import run_pipeline
-    from qcc.report import summarize
-    from qcc.target import Artifacts, get_target, write_artifacts
+def _target(args, name: str):
+    from qcc.target import get_target
 
     options = {k: getattr(args, k) for k in TARGET_OPTIONS if getattr(args, k, None) not in (None, False)}
-    target = get_target(args.target, **options)  # an unknown or unavailable target fails before any work
-    check_output_dir(args.output)
-    model = _model_arg(args.model)
+    return get_target(name, **options)
+
+
+def compile_graph(args, target, model: Path):
+    """The model after the target's default pipeline, with the command's pass options (shared by compile, verify)."""
+    from qcc.pass_manager import run_pipeline
+
     graph = _load(model)
     ctx, timing = _context(args)
     if "calib" not in ctx.config and model.resolve() == _default_model().resolve():  # the bundled example
@@ -196,8 +197,22 @@ def cmd_compile(args) -> int:
 
         ctx.config["calib"] = load_arrays(CALIB, what="calibration")
     ctx.config["target"] = target
-    evaluation = _eval_data(args.eval) if args.eval else None
     run_pipeline(graph, target.default_pipeline, ctx)
+    if timing is not None:
+        print(timing.table(), file=sys.stderr)
+    return graph, ctx
+
+
+def cmd_compile(args) -> int:
+    from qcc.io import atomic_dir, check_output_dir
+    from qcc.report import summarize
+    from qcc.target import Artifacts, write_artifacts
+
+    target = _target(args, args.target)  # an unknown or unavailable target fails before any work
+    check_output_dir(args.output)
+    model = _model_arg(args.model)
+    evaluation = _eval_data(args.eval) if args.eval else None
+    graph, ctx = compile_graph(args, target, model)
     with atomic_dir(args.output) as staging:
         artifacts = target.lower(graph, staging)
         write_artifacts(Artifacts(directory=staging, files=artifacts.files, target=target.name))
@@ -274,6 +289,14 @@ def _add_pass_options(p) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
 
 
+def _add_target_options(p) -> None:
+    p.add_argument("--arch", metavar="ARCH.toml", help="cim: architecture description (default: ISAAC)")
+    p.add_argument("--energy-budget", metavar="E", help="cim: energy per inference for assign-bits, e.g. 5uJ")
+    p.add_argument("--device", choices=["ice40", "ecp5", "xilinx"], help="fpga: synthesis family")
+    p.add_argument("--cycles-per-frame", type=int, metavar="N", help="fpga: throughput target for folding")
+    p.add_argument("--lut-budget", type=int, metavar="N", help="fpga: resource budget for folding")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qcc", description="qcc: a quantization compiler for neural networks.")
     parser.add_argument("--version", action="version", version=f"qcc {__version__}")
@@ -315,19 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, metavar="T", help="cpu | cim | fpga")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR")
     p.add_argument("--eval", metavar="EVAL.npz", help="evaluation data for measured accuracy")
-    p.add_argument("--arch", metavar="ARCH.toml", help="cim: architecture description (default: ISAAC)")
-    p.add_argument("--energy-budget", metavar="E", help="cim: energy per inference for assign-bits, e.g. 5uJ")
-    p.add_argument("--device", choices=["ice40", "ecp5", "xilinx"], help="fpga: synthesis family")
-    p.add_argument("--cycles-per-frame", type=int, metavar="N", help="fpga: throughput target for folding")
-    p.add_argument("--lut-budget", type=int, metavar="N", help="fpga: resource budget for folding")
+    _add_target_options(p)
     p.add_argument("--synth", action="store_true", help="fpga: synthesize with Yosys")
     p.add_argument("--pnr", action="store_true", help="fpga: place and route with nextpnr")
     _add_pass_options(p)
     p.set_defaults(func=cmd_compile)
 
     from qcc.cli.analyze import add_analyze_parser
+    from qcc.cli.verify import add_verify_parser
 
     add_analyze_parser(sub, _add_pass_options)
+    add_verify_parser(sub, _add_pass_options, _add_target_options)
     return parser
 
 
@@ -337,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if not getattr(args, "command", None):
-            raise _UsageError("no command given; commands: import, show, run, opt, compile, analyze (see 'qcc --help')")
+            raise _UsageError("no command given; commands: import, show, run, opt, compile, analyze, verify "
+                              "(see 'qcc --help')")
         return args.func(args)
     except QccError as e:
         print(f"qcc: error: {e}", file=sys.stderr)
