@@ -20,7 +20,7 @@ from qcc.errors import QccError
 from qcc.ir.graph import Graph, Node
 
 __all__ = ["Target", "LegalBits", "LayerCost", "CostReport", "Artifacts", "register_target", "write_artifacts",
-           "read_artifacts", "ARTIFACTS_FILE",
+           "read_artifacts", "ARTIFACTS_FILE", "explain_table",
            "registered_targets", "get_target", "PLANNED_TARGETS"]
 
 
@@ -111,6 +111,22 @@ class Target(ABC):
 
     @abstractmethod
     def simulate(self, artifacts: Artifacts, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def explain(self, graph: Graph) -> dict[str, tuple[str, str]]:
+        """Per node name: (what it becomes on this target, why), for `qcc compile --explain`."""
+        return {}
+
+
+def explain_table(graph: Graph, target: Target) -> str:
+    """The `--explain` table: every node, what the target made of it, and why."""
+    explained = target.explain(graph)
+    rows = [(n.name, n.op, *explained.get(n.name, ("-", "no target code: the reference semantics run it")))
+            for n in graph.nodes]
+    header = ("node", "op", f"{target.name} lowering", "why")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(3)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3] for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 3)
+    return "\n".join(lines) + "\n"
 
 
 # Targets the project plans; a name here without a registered implementation gets a clear message.

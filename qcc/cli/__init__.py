@@ -224,6 +224,10 @@ def cmd_compile(args) -> int:
                            target=target, accuracy=accuracy)
         (staging / "report.json").write_text(report.to_json())
     sys.stdout.write(report.table())
+    if args.explain:
+        from qcc.target import explain_table
+
+        sys.stdout.write("\n" + explain_table(graph, target))
     if accuracy is not None:
         same = "bit-identical to" if accuracy["target_equals_int"] else "DIFFERENT from"
         print(f"top-1 on {accuracy['eval_samples']} samples: {args.target} {100 * accuracy['target_top1']:.2f} %, "
@@ -341,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(p)
     p.add_argument("--synth", action="store_true", help="fpga: synthesize with Yosys")
     p.add_argument("--pnr", action="store_true", help="fpga: place and route with nextpnr")
+    p.add_argument("--explain", action="store_true",
+                   help="print, per node, which kernel / crossbar mapping / RTL block it became and why")
     _add_pass_options(p)
     p.set_defaults(func=cmd_compile)
 

@@ -36,6 +36,9 @@ class _InterpreterTarget(Target):
         layers = tuple(LayerCost(n.name, n.op, {"widgets": 1000 + i}) for i, n in enumerate(graph.nodes))
         return CostReport(layers=layers, totals={"widgets": sum(c.fields["widgets"] for c in layers)})
 
+    def explain(self, graph: Graph):
+        return {n.name: ("widget unit", f"a {n.op} with a weight") for n in graph.nodes if n.op in ("Conv", "Gemm")}
+
     def lower(self, graph: Graph, out_dir: Path) -> Artifacts:
         from qcc.frontend.qir import save
 
@@ -119,3 +122,13 @@ def test_eval_file_without_labels_is_a_user_error(tmp_path, capsys):
     assert main(["compile", "--target", "interp-test", "-o", str(tmp_path / "out"), "-q", "--eval", str(path)]) == 2
     assert "must hold arrays 'x' (inputs) and 'y' (labels)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_explain_prints_every_node_with_the_targets_reason(tmp_path, capsys):
+    assert main(["compile", "--target", "interp-test", "-o", str(tmp_path / "out"), "-q", "--explain"]) == 0
+    out = capsys.readouterr().out
+    explained = out[out.index("interp-test lowering"):].splitlines()[2:]
+    rows = {line.split()[0]: line for line in explained if line.strip()}
+    assert "widget unit" in rows["/conv1/Conv"] and "a Conv with a weight" in rows["/conv1/Conv"]
+    assert "no target code" in rows["/relu1/Relu"]
+    assert len(rows) == 13  # every node of the example
