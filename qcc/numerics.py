@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from qcc.errors import QccError
 from qcc.ir.quant import Bipolar, Codebook, QuantSpec, Region, Thresholds, Uniform
 
 __all__ = ["round_half_even", "channel_shape", "quantize_affine", "quantize", "dequantize", "fake_quant",
@@ -203,9 +204,15 @@ def rounding_divide(a: np.ndarray, b: int) -> np.ndarray:
 def bias_to_accumulator(bias: np.ndarray, acc_scale: np.ndarray) -> np.ndarray:
     """A float bias in accumulator units: round_half_even(b / (sx * sw)) as int64 (DESIGN.md §3).
 
-    Computed in float64 from the float32 bias and the float64 product of the float32 scales.
+    Computed in float64 from the float32 bias and the float64 product of the float32 scales. A bias
+    that needs more than 62 bits (a degenerate scale) is a clear error, never a wrapped int64.
     """
-    return round_half_even(np.asarray(bias, np.float64) / np.asarray(acc_scale, np.float64)).astype(np.int64)
+    units = round_half_even(np.asarray(bias, np.float64) / np.asarray(acc_scale, np.float64))
+    if units.size and not np.all(np.abs(units) < 2.0**62):
+        worst = float(np.max(np.abs(units)))
+        raise QccError(f"a bias needs {worst:.3g} accumulator units (more than 62 bits): the layer's input or "
+                       f"weight scale is degenerate (smallest accumulator scale {float(np.min(acc_scale)):.3g})")
+    return units.astype(np.int64)
 
 
 def integer_thresholds(spec: Thresholds, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ __all__ = [
     "MAX_MAGNITUDE",
     "MAX_FRAC_BITS",
     "QuantizerError",
+    "range_scale",
     "check_bits",
     "as_data",
     "result_dtype",
@@ -91,6 +92,15 @@ def channels_first(x: np.ndarray, axis: int | None) -> np.ndarray:
     if axis is None:
         return x.reshape(1, -1)
     return np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+
+
+def range_scale(value: float) -> float:
+    """scale_at_least(value), but 1.0 for an exactly zero range (ONNX Runtime's rule).
+
+    A tiny scale for an all-zero tensor (a dead ReLU, a pruned channel) would make the accumulator
+    scale of the next layer so small that its bias no longer fits an int64 accumulator.
+    """
+    return 1.0 if float(value) == 0.0 else scale_at_least(value)
 
 
 def scale_at_least(value: float) -> float:

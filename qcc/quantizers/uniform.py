@@ -10,7 +10,7 @@ The fitted spec represents scale * (q - zero_point) with q an integer in [qmin, 
 
 The scale is rounded UP to a float32 (the numeric contract computes with float32 scales), so the
 fitted grid always covers [lo, hi]: a min/max fit never clips, and every value inside the range is
-within scale/2 of its quantized value. A zero range (all-zero data) gets the tiny scale MIN_SCALE.
+within scale/2 of its quantized value. A zero range (all-zero data) gets scale 1.0, as in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from qcc.quantizers._common import (
     channels_first,
     check_bits,
     normalize_axis,
-    scale_at_least,
+    range_scale,
 )
 
 __all__ = ["fit_uniform"]
@@ -116,12 +116,12 @@ def _symmetric_scales(what: str, lows: np.ndarray, highs: np.ndarray, spec: Unif
             raise QuantizerError(f"{what}: signed=False but the range has negative values "
                                  f"(min {lows.min():g}); use signed=True or symmetric=False")
         peaks = highs
-    return [scale_at_least(p / spec.qmax) for p in peaks]
+    return [range_scale(p / spec.qmax) for p in peaks]
 
 
 def _asymmetric_params(lows: np.ndarray, highs: np.ndarray, spec: Uniform) -> tuple[list[float], np.ndarray]:
     lows, highs = np.minimum(lows, 0.0), np.maximum(highs, 0.0)
     levels = spec.qmax - spec.qmin
-    scales = [scale_at_least((h - l) / levels) for l, h in zip(lows, highs)]
+    scales = [range_scale((h - l) / levels) for l, h in zip(lows, highs)]
     zero_points = np.rint(spec.qmin - lows / np.asarray(scales))
     return scales, np.clip(zero_points, spec.qmin, spec.qmax).astype(np.int64)
