@@ -27,8 +27,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.stats import norm
+from scipy.special import ndtr
 
 from qcc.quantizers._common import QuantizerError, as_data, channels_first, check_bits
 from qcc.quantizers.codebook import CodebookFit, build_codebook, check_centroid_bits, nearest_index
@@ -109,6 +108,8 @@ def gaussian_range_k(bits: int) -> float:
 
 @functools.cache
 def _optimal_k(n: int) -> float:
+    from scipy.optimize import minimize_scalar  # imported when used: scipy.optimize is slow to load
+
     result = minimize_scalar(lambda k: _uniform_gaussian_mse(k, n), bounds=(0.1, 12.0), method="bounded",
                              options={"xatol": 1e-10})
     return float(result.x)
@@ -120,16 +121,16 @@ def _uniform_gaussian_mse(k: float, n: int) -> float:
     a = np.concatenate([[-np.inf], inner])
     b = np.concatenate([inner, [np.inf]])
     c = -k + (np.arange(n) + 0.5) * step
-    mass = norm.cdf(b) - norm.cdf(a)
+    mass = ndtr(b) - ndtr(a)
     xphi = _x_pdf(b) - _x_pdf(a)
-    return float(np.sum((1.0 + c * c) * mass - xphi + 2.0 * c * (norm.pdf(b) - norm.pdf(a))))
+    return float(np.sum((1.0 + c * c) * mass - xphi + 2.0 * c * (_pdf(b) - _pdf(a))))
 
 
 def _x_pdf(x: np.ndarray) -> np.ndarray:
     """x * phi(x), with the limit 0 at +-inf."""
     out = np.zeros_like(x)
     finite = np.isfinite(x)
-    out[finite] = x[finite] * norm.pdf(x[finite])
+    out[finite] = x[finite] * _pdf(x[finite])
     return out
 
 
@@ -199,3 +200,8 @@ def _positive(what: str, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value <= 0:
         raise QuantizerError(f"{what}: {name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def _pdf(x: np.ndarray) -> np.ndarray:
+    """The standard normal density (scipy.stats is slow to import for this one formula)."""
+    return np.exp(-0.5 * np.square(x)) / np.sqrt(2.0 * np.pi)

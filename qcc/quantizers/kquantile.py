@@ -31,8 +31,7 @@ c_i = mu_w + sigma_w Phi^-1((i + 1/2) / K) (the bin median). The seed's integer 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import log_ndtr, ndtri_exp
-from scipy.stats import norm
+from scipy.special import log_ndtr, ndtr, ndtri, ndtri_exp
 
 from qcc.ir.quant import Thresholds
 from qcc.quantizers._common import MIN_SCALE, QuantizerError, as_data, channels_first, check_bits, normalize_axis
@@ -143,7 +142,7 @@ def _cdf_codebook(row: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     mean, std = float(np.mean(row)), float(np.std(row))
     if not std > 0:
         return np.array([mean]), np.zeros(row.shape, dtype=np.int64)
-    u = norm.cdf((row - mean) / std)
+    u = ndtr((row - mean) / std)
     idx = np.clip(np.floor(u * n), 0, n - 1).astype(np.int64)
-    table = mean + std * norm.ppf((np.arange(n) + 0.5) / n)
+    table = mean + std * ndtri((np.arange(n) + 0.5) / n)
     return table, idx

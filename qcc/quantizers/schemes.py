@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri
 
 from qcc.ir.quant import Bipolar, QuantSpec
 from qcc.numerics import fake_quant
@@ -83,9 +83,9 @@ def _kquantile(stats: Mapping[str, Any], bits: int) -> QuantSpec:
     if not std > 0:
         raise QuantizerError(f"k-quantile needs a spread-out activation; std is {std}")
     spec = kquantile_thresholds(mean, std, bits)
-    z = norm.cdf(0.0, mean, std)
+    z = ndtr((0.0 - mean) / std)
     levels = np.arange(2**bits, dtype=np.float64)
-    medians = norm.ppf(z + (1 - z) * (levels + 0.5) / 2**bits, mean, std)
+    medians = mean + std * ndtri(z + (1 - z) * (levels + 0.5) / 2**bits)
     slope = float(np.dot(levels, medians) / np.dot(levels, levels))
     out_scale = float(np.float32(slope)) if slope > 0 else 1.0
     return spec.replace(out_scale=out_scale, out_bias=0.0)
