@@ -3,9 +3,11 @@
 Options: `arch` (an architecture TOML file; default ISAAC, see qcc.targets.cim.arch) and
 `energy_budget` (energy per inference, e.g. "5uJ", for assign-bits with the CIM cost model).
 `lower` writes the quantized model (model.qir + .npz), mapping.json (crossbars, rows, columns, cell
-levels), arch.toml (the architecture used) and two PNG plots (crossbar utilisation, per-layer
-energy breakdown); `simulate` maps the saved model again (mapping is deterministic) and runs the
-crossbar simulator, which equals the integer interpreter bit for bit when the ADCs are lossless.
+levels, replicas), arch.toml (the architecture used, with its [mapping] and [nonideal] tables) and
+two PNG plots (crossbar utilisation, per-layer energy breakdown); `simulate` maps the saved model
+again (mapping is deterministic) and runs the crossbar simulator, which equals the integer
+interpreter bit for bit when the ADCs are lossless and arch.toml has no non-idealities (with them,
+the non-ideal outputs, reproducible from their seed).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from qcc.ir.graph import Graph, Node
 from qcc.target import Artifacts, CostReport, LayerCost, LegalBits, Target
 from qcc.targets.cim.arch import ISAAC, Arch, arch_to_toml, load_arch
 from qcc.targets.cim.cost import ENERGY_PARTS, UNITS, graph_cost
-from qcc.targets.cim.mapping import MAC_OPS, map_graph, mapping_to_json
+from qcc.targets.cim.mapping import MAC_OPS, map_graph, mapping_to_json, unmapped_reason
 
 __all__ = ["CimTarget", "parse_energy"]
 
@@ -46,6 +48,8 @@ class CimTarget(Target):
     """Crossbar compute-in-memory accelerators (ISAAC by default)."""
 
     name = "cim"
+    # per-layer cost columns of the `qcc compile` table (keys of LayerCost.fields), with totals
+    table_fields = ("crossbars", "adc_conversions", "cycles", "energy_pj", "latency_ns")
 
     def __init__(self, arch: str | Path | Arch | None = None, energy_budget: str | float | None = None,
                  **others):
@@ -95,22 +99,33 @@ class CimTarget(Target):
         return Artifacts(directory=out_dir, files={k: v for k, v in files.items() if v.exists()}, target=self.name)
 
     def simulate(self, artifacts: Artifacts, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from qcc.frontend.qir import load
         from qcc.targets.cim.simulate import simulate
+
+        graph, mapping = self._loaded(artifacts)
+        return simulate(graph, mapping, inputs)
+
+    def _loaded(self, artifacts: Artifacts):
+        """(graph, mapping) of a compiled folder, kept while its files are unchanged (batched --eval runs)."""
+        from qcc.frontend.qir import load
 
         for role in ("model", "arch"):
             if role not in artifacts.files or not Path(artifacts.files[role]).is_file():
                 raise QccError(f"{artifacts.directory} has no {role} file; recompile with 'qcc compile --target cim'")
-        graph = load(artifacts.files["model"])
-        arch = load_arch(artifacts.files["arch"])
-        return simulate(graph, map_graph(graph, arch), inputs)
+        paths = [Path(artifacts.files[r]) for r in ("model", "weights", "arch") if r in artifacts.files]
+        key = tuple((str(p.resolve()), p.stat().st_mtime_ns) for p in paths if p.is_file())
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            graph = load(artifacts.files["model"])
+            cache.clear()
+            cache[key] = (graph, map_graph(graph, load_arch(artifacts.files["arch"])))
+        return cache[key]
 
 
 def _check_mapped(graph: Graph, mapping) -> None:
     for node in graph.nodes:
         if node.op in MAC_OPS and node.name not in mapping.layers:
-            raise QccError(f"target 'cim' cannot map {node.op} '{node.name}' onto crossbars: it needs a quantized "
-                           f"(uniform or codebook) constant weight and a per-tensor uniform input (run quantize)")
+            raise QccError(f"target 'cim' cannot map {node.op} '{node.name}' onto crossbars: "
+                           f"{unmapped_reason(node)}")
 
 
 def _plot_utilisation(layers: dict[str, dict], path: Path) -> None:

@@ -17,16 +17,35 @@ uniform or codebook constant becomes, per group, a weight matrix of rows = kh * 
 - Inputs: codes q in [qmin, qmax] are fed as u_x = q - qmin (a_bits bits), dac_bits per crossbar
   read, so a_bits / dac_bits reads per output position; the correction (qmin - zx) * sum(wc) is
   digital.
-- ADC: per layer the lossless resolution of ISAAC's rule for the rows one crossbar holds (capped
-  at the architecture's ADC when it is lossy).
+- ADC: per layer the lossless resolution (arch.layer_adc_bits) for the rows one crossbar holds,
+  the layer's input slice (min(dac_bits, a_bits) bits) and its cell levels (min(bits_per_cell,
+  w_bits) bits), capped at the architecture's ADC when it is lossy.
+- Flip encoding (ISAAC, `flip_encoding = true`): in every crossbar, a physical column whose levels
+  sum to more than rows_in_that_crossbar * M / 2 (M = 2^min(bits_per_cell, w_bits) - 1, the
+  largest level) is programmed with M - level; `flipped[g, row_tile, column]` says which, and the
+  digital side recovers sum(x * level) = M * sum(x) - sum(x * (M - level)). This halves the largest
+  column sum, so the ADC needs one bit fewer.
 - Crops: a cropped output region (Value.region) is not computed: only interior positions count.
+
+- Replication (arch `[mapping] replication = "balance"`, ISAAC's throughput mode): a layer held r
+  times computes its output positions r at a time, so its time per sample is ceil(positions / r)
+  reads. `balance_replicas` repeatedly gives the slowest layer of the layer pipeline just enough
+  replicas to need one read step fewer per input slice, while the crossbars fit in
+  arch.replication_limit (max_crossbars or the chip); it stops when the slowest layer cannot be
+  sped up. The early convolutions (many positions) get the replicas, as in ISAAC.
+- Chip capacity: a layer wider than the whole chip, or a model whose unreplicated layers need more
+  crossbars than the chip has, is a clear error (replication only fills crossbars left over).
 
 `mapping_to_json` writes which weights sit in which crossbar with their cell levels (enough to
 program a chip); it is deterministic (layers in graph order, crossbars by group, row, column tile).
+Crossbars get global ids in that order, replica by replica; each crossbar entry lists the ids of
+its copies ("ids", one per replica), and id i sits in tile i // crossbars_per_tile, IMA
+(i // crossbars_per_ima) % imas_per_tile, slot i % crossbars_per_ima.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -37,10 +56,11 @@ from qcc.errors import QccError
 from qcc.integer import constant_value
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import Codebook, Uniform
-from qcc.targets.cim.arch import Arch, lossless_adc_bits
+from qcc.targets.cim.arch import Arch, layer_adc_bits
 
 __all__ = ["LayerMapping", "GraphMapping", "map_layer", "map_graph", "mapping_to_json", "MAC_OPS",
-           "input_spec", "slice_cells", "as_matrices"]
+           "input_spec", "slice_cells", "as_matrices", "balance_replicas", "read_step_ns", "layer_time_ns",
+           "unmapped_reason"]
 
 MAC_OPS = ("Conv", "Gemm", "MatMul")
 _THROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Relu", "Pad"}
@@ -69,6 +89,9 @@ class LayerMapping:
     w_offset: np.ndarray  # [groups, cols] int64: wc = u + w_offset (offset encoding; 0 for differential)
     row_tiles: int
     col_tiles: int
+    level_max: int = 0  # M: the largest cell level of this layer (the flip reference)
+    flipped: np.ndarray | None = None  # [groups, row_tiles, phys_cols] bool; None = no flip encoding
+    replicas: int = 1  # copies of the layer's crossbars (weight replication for throughput)
 
     @property
     def pairs(self) -> int:
@@ -79,12 +102,30 @@ class LayerMapping:
         return self.cols * self.pairs * self.cells_per_weight
 
     @property
-    def crossbars(self) -> int:
+    def base_crossbars(self) -> int:
+        """Crossbars of one copy of the layer."""
         return self.groups * self.row_tiles * self.col_tiles
+
+    @property
+    def crossbars(self) -> int:
+        """Crossbars of the layer with all its replicas."""
+        return self.base_crossbars * self.replicas
 
     @property
     def macs(self) -> int:
         return self.positions * self.groups * self.rows * self.cols
+
+    def stored_levels(self, g: int, row_tile: int, rows_per_crossbar: int) -> np.ndarray:
+        """The levels programmed into group g's row tile (flipped columns hold M - level): [rows, phys_cols]."""
+        r0 = row_tile * rows_per_crossbar
+        lv = self.levels[g, r0:r0 + rows_per_crossbar]
+        if self.flipped is None:
+            return lv
+        return np.where(self.flipped[g, row_tile][None, :], self.level_max - lv, lv)
+
+    def flipped_tile(self, g: int, row_tile: int) -> np.ndarray | None:
+        """Which physical columns of group g's row tile are stored flipped (None: no flip encoding)."""
+        return None if self.flipped is None else self.flipped[g, row_tile]
 
     def weight_matrix(self) -> np.ndarray:
         """The centred integer weights [groups, rows, cols] the cells encode (for checks)."""
@@ -175,6 +216,29 @@ def _mappable(node: Node) -> tuple[Uniform, Value] | None:
     return spec, w
 
 
+def unmapped_reason(node: Node) -> str:
+    """Why a MAC node does not map onto crossbars (for the error message); "" when it does."""
+    if node.op not in MAC_OPS:
+        return f"{node.op} is not a MAC op"
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if w is None or not w.is_constant:
+        return "its weight is not a constant"
+    if not isinstance(w.quant, Uniform | Codebook):
+        return "its weight is not quantized (uniform or codebook; run quantize)"
+    spec = input_spec(node.inputs[0])
+    if spec is None or spec.axis is not None and spec.channels and spec.channels > 1:
+        return "its input is not a per-tensor uniform activation (run quantize)"
+    if any(isinstance(d, str) for d in node.outputs[0].type.shape[1:]):
+        return "its output shape is not static"
+    if node.op == "Conv" and w.data.ndim != 4:
+        return f"only 2-D convolutions map onto crossbars (this one is {w.data.ndim - 2}-D)"
+    if node.op == "Gemm" and (node.attrs["alpha"] != 1.0 or node.attrs["beta"] != 1.0 or node.attrs["transA"]):
+        return "Gemm with alpha or beta other than 1 or transA = 1 is not a plain matrix"
+    if node.op == "MatMul" and w.data.ndim != 2:
+        return "MatMul with a weight of more than 2 dimensions is not a plain matrix"
+    return "its weight zero point varies along the reduction axis"
+
+
 def map_layer(node: Node, arch: Arch, encoding: str | None = None) -> LayerMapping | None:
     """The crossbar mapping of one MAC node, or None when it is not a quantized MAC layer."""
     found = _mappable(node)
@@ -210,35 +274,95 @@ def map_layer(node: Node, arch: Arch, encoding: str | None = None) -> LayerMappi
     levels = slice_cells(u.reshape(groups, rows, -1), cells, arch.bits_per_cell)
     positions, total = _positions(node)
     phys = cols * u.shape[-1] * cells
-    xbar_rows = min(rows, arch.rows)
-    adc = lossless_adc_bits(xbar_rows, arch.dac_bits, arch.bits_per_cell, arch.flip_encoding)
+    levels = levels.astype(np.int64)
+    level_bits = min(arch.bits_per_cell, w_bits)
+    level_max = (1 << level_bits) - 1
+    adc = layer_adc_bits(min(rows, arch.rows), min(arch.dac_bits, xspec.bits), level_bits, arch.flip_encoding)
     if not arch.lossless:
         adc = min(adc, arch.adc_bits)
+    flipped = _flips(levels, arch.rows, level_max) if arch.flip_encoding else None
     return LayerMapping(
         name=node.name, op=node.op, groups=groups, rows=rows, cols=cols, w_bits=w_bits, a_bits=xspec.bits,
         x_min=xspec.qmin, encoding=encoding, scheme=wval.quant.scheme, cells_per_weight=cells,
         bits_per_cell=arch.bits_per_cell, adc_bits=adc, positions=positions, total_positions=total,
-        levels=levels.astype(np.int64), w_offset=w_off, row_tiles=math.ceil(rows / arch.rows),
-        col_tiles=math.ceil(phys / arch.cols))
+        levels=levels, w_offset=w_off, row_tiles=math.ceil(rows / arch.rows),
+        col_tiles=math.ceil(phys / arch.cols), level_max=level_max, flipped=flipped)
+
+
+def _flips(levels: np.ndarray, xbar_rows: int, level_max: int) -> np.ndarray:
+    """ISAAC's flip rule per crossbar column: flip when the levels sum to more than rows * M / 2."""
+    groups, rows, phys = levels.shape
+    tiles = math.ceil(rows / xbar_rows)
+    padded = np.zeros((groups, tiles * xbar_rows, phys), np.int64)
+    padded[:, :rows] = levels
+    sums = padded.reshape(groups, tiles, xbar_rows, phys).sum(axis=2)
+    tile_rows = np.minimum(rows - np.arange(tiles) * xbar_rows, xbar_rows)
+    return 2 * sums > tile_rows[None, :, None] * level_max
+
+
+def read_step_ns(m: LayerMapping, arch: Arch) -> float:
+    """One read step of the layer: the crossbar read, or its columns' ADC conversions if slower."""
+    return max(arch.read_ns, min(m.phys_cols, arch.cols) / arch.adc_rate_gsps)
+
+
+def layer_time_ns(m: LayerMapping, arch: Arch, replicas: int | None = None) -> float:
+    """Time per sample of a layer held `replicas` times (default: its own): ceil(P / r) * slices steps."""
+    r = m.replicas if replicas is None else replicas
+    return -(-m.positions // r) * -(-m.a_bits // arch.dac_bits) * read_step_ns(m, arch)
+
+
+def balance_replicas(layers: dict[str, LayerMapping], arch: Arch) -> dict[str, int]:
+    """ISAAC-style replicas per layer: speed up the slowest layer while the crossbars fit the limit."""
+    reps = {name: 1 for name in layers}
+    spare = arch.replication_limit - sum(m.base_crossbars for m in layers.values())
+    while layers:
+        slow = max(layers.values(), key=lambda m: (layer_time_ns(m, arch, reps[m.name]), m.name))
+        r = reps[slow.name]
+        per = -(-slow.positions // r)
+        if per <= 1:
+            break
+        nxt = -(-slow.positions // (per - 1))  # fewest replicas that save one step
+        extra = (nxt - r) * slow.base_crossbars
+        if extra > spare:
+            break
+        spare -= extra
+        reps[slow.name] = nxt
+    return reps
 
 
 def map_graph(graph: Graph, arch: Arch, encoding: str | None = None, *, check: bool = True) -> GraphMapping:
-    """Map every quantized MAC layer; with `check`, a clear error when the weights do not fit on the chip."""
+    """Map every quantized MAC layer (replicated when the arch asks for it).
+
+    With `check`, a clear error when a layer or the model does not fit on the chip; without it (cost
+    estimates of configurations that may not fit) an oversized model is mapped without replicas.
+    """
     layers = {}
     for node in graph.nodes:
         m = map_layer(node, arch, encoding)
         if m is not None:
             layers[node.name] = m
-    mapping = GraphMapping(arch, layers)
-    if check and mapping.crossbars > arch.crossbars:
-        big = max(layers.values(), key=lambda m: m.crossbars)
-        raise QccError(f"the model needs {mapping.crossbars} crossbars but the chip has {arch.crossbars} "
-                       f"({arch.tiles} tiles); largest layer '{big.name}' needs {big.crossbars} "
-                       f"(use fewer weight bits or a larger architecture)")
-    return mapping
+    base = sum(m.base_crossbars for m in layers.values())
+    if check:
+        _check_fits(layers, base, arch)
+    if arch.replication == "balance" and base <= arch.replication_limit:
+        reps = balance_replicas(layers, arch)
+        layers = {n: dataclasses.replace(m, replicas=reps[n]) for n, m in layers.items()}
+    return GraphMapping(arch, layers)
 
 
-def _crossbars(m: LayerMapping, arch: Arch) -> list[dict]:
+def _check_fits(layers: dict[str, LayerMapping], base: int, arch: Arch) -> None:
+    chip = f"the chip has {arch.crossbars} ({arch.tiles} tiles of {arch.crossbars_per_tile})"
+    for m in layers.values():
+        if m.base_crossbars > arch.crossbars:
+            raise QccError(f"layer '{m.name}' needs {m.base_crossbars} crossbars, wider than the whole chip: "
+                           f"{chip} (use fewer weight bits or a larger architecture)")
+    if base > arch.crossbars:
+        big = max(layers.values(), key=lambda m: m.base_crossbars)
+        raise QccError(f"the model needs {base} crossbars but {chip}; largest layer '{big.name}' needs "
+                       f"{big.base_crossbars} (use fewer weight bits or a larger architecture)")
+
+
+def _crossbars(m: LayerMapping, arch: Arch, first_id: int) -> list[dict]:
     out = []
     per_weight = m.pairs * m.cells_per_weight
     for g in range(m.groups):
@@ -246,24 +370,36 @@ def _crossbars(m: LayerMapping, arch: Arch) -> list[dict]:
             r0, r1 = rt * arch.rows, min((rt + 1) * arch.rows, m.rows)
             for ct in range(m.col_tiles):
                 c0, c1 = ct * arch.cols, min((ct + 1) * arch.cols, m.phys_cols)
-                out.append({"group": g, "rows": [r0, r1], "columns": [c0, c1],
-                            "weight_columns": [c0 // per_weight, (c1 - 1) // per_weight + 1],
-                            "levels": m.levels[g, r0:r1, c0:c1].tolist()})
+                k = len(out)
+                entry = {"group": g, "rows": [r0, r1], "columns": [c0, c1],
+                         "weight_columns": [c0 // per_weight, (c1 - 1) // per_weight + 1],
+                         "ids": [first_id + rep * m.base_crossbars + k for rep in range(m.replicas)],
+                         "levels": m.stored_levels(g, rt, arch.rows)[:, c0:c1].tolist()}
+                if m.flipped is not None:
+                    entry["flipped"] = m.flipped[g, rt, c0:c1].astype(int).tolist()
+                out.append(entry)
     return out
 
 
-def _layer_json(m: LayerMapping, arch: Arch) -> dict:
+def _layer_json(m: LayerMapping, arch: Arch, first_id: int) -> dict:
     return {"name": m.name, "op": m.op, "groups": m.groups, "rows": m.rows, "cols": m.cols,
             "w_bits": m.w_bits, "a_bits": m.a_bits, "x_min": m.x_min, "encoding": m.encoding,
             "scheme": m.scheme, "cells_per_weight": m.cells_per_weight, "adc_bits": m.adc_bits,
-            "positions": m.positions, "total_positions": m.total_positions,
+            "positions": m.positions, "total_positions": m.total_positions, "replicas": m.replicas,
             "column_order": "(weight column, pair, cell) with the least significant cell first",
-            "w_offset": m.w_offset.tolist(), "crossbars": _crossbars(m, arch)}
+            "level_max": m.level_max,
+            "levels_note": "programmed levels: a column with flipped = 1 holds level_max - level",
+            "w_offset": m.w_offset.tolist(), "crossbars": _crossbars(m, arch, first_id)}
 
 
 def mapping_to_json(mapping: GraphMapping) -> str:
-    doc = {"format": "qcc.cim.mapping/1", "crossbar": [mapping.arch.rows, mapping.arch.cols],
-           "bits_per_cell": mapping.arch.bits_per_cell, "dac_bits": mapping.arch.dac_bits,
-           "crossbars": mapping.crossbars,
-           "layers": [_layer_json(m, mapping.arch) for m in mapping.layers.values()]}
+    arch = mapping.arch
+    layers, first = [], 0
+    for m in mapping.layers.values():
+        layers.append(_layer_json(m, arch, first))
+        first += m.crossbars
+    doc = {"format": "qcc.cim.mapping/1", "crossbar": [arch.rows, arch.cols],
+           "bits_per_cell": arch.bits_per_cell, "dac_bits": arch.dac_bits,
+           "crossbars": mapping.crossbars, "crossbars_per_ima": arch.crossbars_per_ima,
+           "imas_per_tile": arch.imas_per_tile, "replication": arch.replication, "layers": layers}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"

@@ -4,21 +4,29 @@ Per mapped MAC layer (targets/cim/mapping.py): input codes become u_x = q - x_mi
 for a Conv, padding fed as the zero point so it contributes exactly zero), are cut into
 ceil(a_bits / dac_bits) slices of dac_bits bits (bit-serial inputs), and every slice is applied to
 every crossbar (rows tiled by the crossbar height). Each crossbar column gives an analog sum of
-slice x cell level; the ADC converts it (lossless: exact; a lower resolution clips at
-2^(adc_bits + flip) - 1); shift-and-add weights the partial sums by 2^(slice * dac_bits) and
-2^(cell * bits_per_cell) and subtracts the negative column of a differential pair. The digital
+slice x programmed level; the ADC converts it, clipping at 2^adc_bits - 1 (never reached when the
+layer's ADC is lossless); a flipped column (ISAAC's flip encoding, see mapping.py) is taken back
+digitally as M * sum(slice) - read; shift-and-add weights the partial sums by 2^(slice * dac_bits)
+and 2^(cell * bits_per_cell) and subtracts the negative column of a differential pair. The digital
 correction adds w_offset * sum(u_x) (offset encoding) and (x_min - zx) * sum(wc) (input offset),
 which gives the exact accumulator sum (qx - zx)(qw - zw); the bias is added at the accumulator
 scale as in qcc.integer. Every other op, every annotation (requantization via
 qcc.integer.quantize_result) and crops are qcc.integer's own rules (this is a subclass of its
 semantics), so with lossless ADCs the result equals run(g, x, mode="int") bit for bit.
 
-The analog sums are float64 matrix products (exact: every sum is an integer far below 2^53), done
-in chunks of positions so memory stays bounded.
+Non-idealities (arch `[nonideal]`, arch.NonIdeal): each replica's cells get their own stuck-at
+faults and Gaussian conductance variation, drawn once per cell from a generator seeded by (seed,
+layer name, replica, group, row tile), so results are reproducible; the ADC then rounds and clips
+the non-integer analog sums. `measure_top1` gives the resulting accuracy on labelled data. With
+them off the simulator is bit-exact as above.
+
+The analog sums are float32 matrix products when every sum stays below 2^24 (float64 otherwise),
+so they are exact integers; all input slices of a chunk of positions go through one product.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -29,46 +37,85 @@ from qcc.integer import IntegerSemantics, QTensor, evaluate_node, to_float
 from qcc.interp import run
 from qcc.ir.graph import Graph, Node
 from qcc.numerics import bias_to_accumulator, channel_shape
-from qcc.targets.cim.arch import Arch, lossless_adc_bits
+from qcc.targets.cim.arch import Arch
 from qcc.targets.cim.mapping import GraphMapping, LayerMapping, as_matrices
 
-__all__ = ["CrossbarSemantics", "simulate", "crossbar_matmul"]
+__all__ = ["CrossbarSemantics", "simulate", "crossbar_matmul", "programmed_levels", "measure_top1"]
 
-_CHUNK = 1 << 22  # analog sums (float64) per chunk
+_CHUNK = 1 << 18  # input slice elements per chunk (cache sized)
 
 
-def crossbar_matmul(ux: np.ndarray, m: LayerMapping, g: int, arch: Arch) -> np.ndarray:
+def crossbar_matmul(ux: np.ndarray, m: LayerMapping, g: int, arch: Arch, *,
+                    positions_per_sample: int = 1) -> np.ndarray:
     """sum_r ux[p, r] * u[r, col] (stored levels, pairs subtracted) via bit slices, crossbars and ADCs.
 
-    ux: [P, rows] non-negative input codes; returns [P, cols] int64.
+    ux: [P, rows] non-negative input codes; returns [P, cols] int64. With non-idealities every replica
+    of the layer has its own cells, and output position i of a sample (row p: i = p %
+    positions_per_sample) runs on replica i % replicas.
     """
     p, rows = ux.shape
-    r = arch.rows
-    tiles = m.row_tiles
     slices = -(-m.a_bits // arch.dac_bits)
-    levels = np.zeros((tiles * r, m.phys_cols), np.float64)
-    levels[:rows] = m.levels[g]
-    levels = levels.reshape(tiles, r, m.phys_cols)
-    padded = np.zeros((p, tiles * r), np.int64)
-    padded[:, :rows] = ux
-    lossless = m.adc_bits >= lossless_adc_bits(min(rows, r), arch.dac_bits, arch.bits_per_cell,
-                                               arch.flip_encoding)
-    adc_max = float(2 ** (m.adc_bits + int(arch.flip_encoding)) - 1)
-    dac_mask = (1 << arch.dac_bits) - 1
+    reps = m.replicas if arch.nonideal.enabled else 1
+    replica_of = np.arange(p) % max(positions_per_sample, 1) % reps
     out = np.zeros((p, m.phys_cols), np.int64)
-    step = max(1, _CHUNK // max(1, tiles * m.phys_cols))
-    for t in range(slices):
-        plane = ((padded >> (t * arch.dac_bits)) & dac_mask).astype(np.float64).reshape(p, tiles, r)
-        for a in range(0, p, step):
-            part = plane[a:a + step].transpose(1, 0, 2)  # tiles, chunk, r
-            sums = np.matmul(part, levels)  # per crossbar column analog sums: tiles, chunk, phys
-            if not lossless:
-                sums = np.minimum(sums, adc_max)
-            out[a:a + step] += np.rint(sums).astype(np.int64).sum(axis=0) << (t * arch.dac_bits)
+    for rep in range(reps):
+        idx = np.flatnonzero(replica_of == rep) if reps > 1 else slice(None)
+        for t in range(m.row_tiles):
+            r0, r1 = t * arch.rows, min((t + 1) * arch.rows, rows)
+            out[idx] += _crossbar_tile(ux[idx, r0:r1], m, programmed_levels(m, g, t, arch, rep), m.flipped_tile(g, t),
+                                       arch, slices)
     cells = out.reshape(p, m.cols, m.pairs, m.cells_per_weight)
     shifts = np.arange(m.cells_per_weight, dtype=np.int64) * arch.bits_per_cell
     u = (cells << shifts).sum(axis=-1)
     return u[..., 0] - u[..., 1] if m.pairs == 2 else u[..., 0]
+
+
+def programmed_levels(m: LayerMapping, g: int, t: int, arch: Arch, replica: int = 0) -> np.ndarray:
+    """The conductances (in level units) of group g's row tile t in one replica: [rows, phys_cols].
+
+    Ideal: the stored integer levels. With arch.nonideal: stuck cells first (stuck_at_zero -> 0,
+    stuck_at_one -> 2^bits_per_cell - 1), then each conductance times (1 + sigma * N(0, 1)), clipped
+    at 0; drawn from a generator seeded by (seed, crc32(layer name), replica, group, tile).
+    """
+    stored = m.stored_levels(g, t, arch.rows)
+    ni = arch.nonideal
+    if not ni.enabled:
+        return stored
+    rng = np.random.default_rng([ni.seed, zlib.crc32(m.name.encode()), replica, g, t])
+    levels = stored.astype(np.float64)
+    u = rng.random(levels.shape)
+    levels[u < ni.stuck_at_zero] = 0.0
+    levels[(u >= ni.stuck_at_zero) & (u < ni.stuck_at_zero + ni.stuck_at_one)] = (1 << arch.bits_per_cell) - 1
+    if ni.conductance_sigma:
+        levels *= 1.0 + ni.conductance_sigma * rng.standard_normal(levels.shape)
+        np.maximum(levels, 0.0, out=levels)
+    return levels
+
+
+def _crossbar_tile(ux: np.ndarray, m: LayerMapping, levels: np.ndarray, flip: np.ndarray | None, arch: Arch,
+                   slices: int) -> np.ndarray:
+    """One row tile's crossbars over all input slices: analog sums, ADC, flip correction, shift-and-add."""
+    p, rows = ux.shape
+    peak = rows * ((1 << arch.dac_bits) - 1) * max(float(levels.max(initial=0)), 1.0)
+    dtype = np.float32 if peak < 2**24 else np.float64  # integer sums below 2^mantissa are exact
+    levels = levels.astype(dtype)
+    if flip is not None and not flip.any():
+        flip = None
+    adc_max = float((1 << m.adc_bits) - 1)
+    dac_mask = (1 << arch.dac_bits) - 1
+    shifts = (np.arange(slices, dtype=np.int64) * arch.dac_bits)[:, None, None]
+    weights = 2.0 ** (np.arange(slices) * arch.dac_bits)  # shift-and-add (exact in float64)
+    out = np.zeros((p, m.phys_cols), np.int64)
+    step = max(1, _CHUNK // (slices * max(rows, m.phys_cols)))
+    for a in range(0, p, step):
+        x = ((ux[None, a:a + step] >> shifts) & dac_mask).astype(dtype)  # slices, chunk, rows
+        sums = (x.reshape(-1, rows) @ levels).reshape(slices, -1, m.phys_cols)  # analog column sums
+        read = np.minimum(np.rint(sums, out=sums), adc_max, out=sums).astype(np.float64)  # the ADC
+        if flip is not None:
+            total = x.sum(axis=2, keepdims=True, dtype=np.float64) * m.level_max
+            read = np.where(flip, total - read, read)
+        out[a:a + step] = np.rint(np.tensordot(weights, read, axes=(0, 0))).astype(np.int64)
+    return out
 
 
 def _im2col(ux: np.ndarray, pad_value: int, attrs: dict, kernel: tuple[int, int], groups: int):
@@ -113,13 +160,15 @@ def _mac(node: Node, args: list, m: LayerMapping, arch: Arch) -> list | None:
         kernel = tuple(w.q.shape[2:])
         cols, oh, ow = _im2col(ux, zx - m.x_min, node.attrs, kernel, m.groups)
         lead = (x.q.shape[0], oh, ow)
+        per_sample = oh * ow
     else:
         lead = ux.shape[:-1]
         cols = ux.reshape(-1, 1, ux.shape[-1])
+        per_sample = int(np.prod(lead[1:], dtype=np.int64)) if len(lead) > 1 else 1
     parts = []
     for g in range(m.groups):
         xg = cols[:, g, :]
-        acc = crossbar_matmul(xg, m, g, arch)
+        acc = crossbar_matmul(xg, m, g, arch, positions_per_sample=per_sample)
         acc += xg.sum(axis=1, keepdims=True) * m.w_offset[g][None, :]  # offset encoding correction
         acc += (m.x_min - zx) * wc[g].sum(axis=0)[None, :]  # input offset correction
         parts.append(acc)
@@ -161,5 +210,36 @@ class CrossbarSemantics(IntegerSemantics):
 
 
 def simulate(graph: Graph, mapping: GraphMapping, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run `graph` with its mapped layers on crossbars; outputs dequantized like run(mode="int")."""
-    return run(graph, inputs, mode=CrossbarSemantics(mapping))
+    """Run `graph` with its mapped layers on crossbars; outputs dequantized like run(mode="int").
+
+    The crossbar products are many small matrix products: one BLAS thread runs them fastest (and
+    does not fight other processes for the cores).
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return run(graph, inputs, mode=CrossbarSemantics(mapping))
+
+
+def measure_top1(graph: Graph, mapping: GraphMapping, x: np.ndarray, y: np.ndarray, *, batch: int = 128,
+                 input_name: str | None = None) -> float:
+    """Top-1 accuracy of the simulated crossbars (with the arch's non-idealities) on labelled data.
+
+    x: inputs [N, ...] for the graph's single input (or `input_name`); y: integer labels [N]. The
+    graph must have one output of logits [N, classes].
+    """
+    if input_name is None:
+        if len(graph.inputs) != 1:
+            raise QccError(f"measure_top1: the graph has {len(graph.inputs)} inputs; name the one x feeds")
+        input_name = graph.inputs[0].name
+    y = np.asarray(y).reshape(-1)
+    if len(x) != len(y) or not len(y):
+        raise QccError(f"measure_top1: {len(x)} inputs but {len(y)} labels")
+    hits = 0
+    for a in range(0, len(y), batch):
+        out = simulate(graph, mapping, {input_name: x[a:a + batch]})
+        if len(out) != 1:
+            raise QccError(f"measure_top1: the graph has {len(out)} outputs; top-1 needs one output of logits")
+        (logits,) = out.values()
+        hits += int(np.sum(np.argmax(logits.reshape(len(logits), -1), axis=1) == y[a:a + batch]))
+    return hits / len(y)
