@@ -18,7 +18,8 @@ run in batches of `batch_size` (a graph with a fixed batch dimension B runs in b
 Exactness: two passes over the data. The first accumulates count, min, max, mean and M2 (float64,
 Chan's merge); the second fills histograms over the now known [min, max], so histograms, percentiles
 and ranges do not depend on the batch size, and mean / std only up to float64 rounding. The range
-math (minmax, percentile, MSE, TensorRT's KL) is in qcc.calibration, documented there.
+math (minmax, percentile, MSE, TensorRT's KL) is in qcc.calibration, documented there. The second
+pass reuses the first pass's activations when they fit in KEEP_BYTES, instead of running the model again.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ from qcc.pass_manager import Pass, PassContext, PassResult
 from qcc.progress import track
 
 __all__ = ["CalibratePass"]
+
+KEEP_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,18 @@ class CalibratePass(Pass):
         batches = batch_ranges(graph, count, self.batch_size)
         values = _activations(graph)
         moments = {id(v): Moments() for v in values}
+        kept: list[dict[str, np.ndarray]] | None = []  # the activations, while they fit KEEP_BYTES
         for i, batch in enumerate(self._walk(graph, data, batches, ctx, "statistics")):
             for v in values:
                 self._check_finite(v, batch[v.name], i, len(batches), ctx)
                 moments[id(v)].add(batch[v.name])
+            if kept is not None:
+                kept.append({v.name: batch[v.name] for v in values})
+                if sum(a.nbytes for b in kept for a in b.values()) > KEEP_BYTES:
+                    kept = None
         hists = {id(v): Histogram.over(moments[id(v)].min, moments[id(v)].max, self.bins) for v in values}
         abs_hists = {id(v): Histogram.over(0.0, moments[id(v)].absmax, self.bins) for v in values}
-        for batch in self._walk(graph, data, batches, ctx, "histograms"):
+        for batch in kept if kept is not None else self._walk(graph, data, batches, ctx, "histograms"):
             for v in values:
                 hists[id(v)].add(batch[v.name])
                 abs_hists[id(v)].add(np.abs(batch[v.name]))

@@ -333,8 +333,21 @@ def test_progress_is_reported_per_batch():
     ctx = PassContext(config={"calib": {"x": np.zeros((5, 3, 4), np.float32)}}, progress=messages.append)
     CalibratePass(batch_size=2)(_small_graph(), ctx)
     batches = [m for m in messages if m.startswith("calibrate:")]
-    assert len(batches) == 6  # two phases of three batches
+    assert len(batches) == 3  # the model runs once per batch; the histograms reuse the kept activations
     assert "batch 3/3" in batches[-1]
+
+
+def test_histograms_are_the_same_whether_activations_are_kept_or_recomputed(monkeypatch):
+    import qcc.passes.calibrate as calibrate
+
+    data = np.random.default_rng(0).normal(size=(7, 3, 4)).astype(np.float32)
+    kept, recomputed = _small_graph(), _small_graph()
+    CalibratePass(batch_size=2)(kept, _ctx(data))
+    monkeypatch.setattr(calibrate, "KEEP_BYTES", 0)
+    CalibratePass(batch_size=2)(recomputed, _ctx(data))
+    for a, b in zip(kept.nodes, recomputed.nodes):
+        assert a.meta["histogram"][0].counts.tolist() == b.meta["histogram"][0].counts.tolist()
+        assert a.attrs["calibration"] == b.attrs["calibration"]
 
 
 def test_calibration_of_reads_inputs_outputs_and_not_constants():
