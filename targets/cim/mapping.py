@@ -55,7 +55,7 @@ import numpy as np
 from qcc.errors import QccError
 from qcc.integer import constant_value
 from qcc.ir.graph import Graph, Node, Value
-from qcc.ir.quant import Codebook, Uniform
+from qcc.ir.quant import Codebook, Thresholds, Uniform
 from qcc.targets.cim.arch import Arch, layer_adc_bits
 
 __all__ = ["LayerMapping", "GraphMapping", "map_layer", "map_graph", "mapping_to_json", "MAC_OPS",
@@ -151,6 +151,8 @@ class GraphMapping:
 def input_spec(value: Value) -> Uniform | None:
     """The uniform annotation whose codes reach `value` (through code-preserving ops), if any."""
     while value is not None:
+        if isinstance(value.quant, Thresholds):
+            return _threshold_levels(value.quant)
         if value.quant is not None:
             return value.quant if isinstance(value.quant, Uniform) else None
         node = value.producer
@@ -158,6 +160,15 @@ def input_spec(value: Value) -> Uniform | None:
             return None
         value = node.inputs[0]
     return None
+
+
+def _threshold_levels(spec: Thresholds) -> Uniform | None:
+    """Multi-threshold outputs are levels 0..2^bits-1 worth out_scale * (level - z) when z = -out_bias /
+    out_scale is an integer code (qcc.integer keeps them integer then): unsigned codes for the DACs."""
+    ratio = float(spec.out_bias) / float(spec.out_scale)
+    if not ratio.is_integer() or not 0 <= -ratio <= 2**spec.bits - 1:
+        return None
+    return Uniform(bits=spec.bits, signed=False, scale=float(spec.out_scale), zero_point=int(-ratio))
 
 
 def slice_cells(u: np.ndarray, cells: int, bits_per_cell: int) -> np.ndarray:
