@@ -1,0 +1,7 @@
+"""`python -m qcc`: the qcc command line."""
+
+import sys
+
+from qcc.cli import main
+
+sys.exit(main())
