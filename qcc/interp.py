@@ -113,6 +113,7 @@ def check_inputs(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np
     return out
 
 
+@np.errstate(all="ignore")  # inf / nan results are data (calibrate reports them), not warnings on stderr
 def run(graph: Graph, inputs: Mapping[str, np.ndarray], *, mode: str | Semantics = "float",
         keep_all: bool = False, dequantize: bool = True) -> dict[str, np.ndarray]:
     """Run `graph` on `inputs` (keyed by input name); returns outputs keyed by output name.
@@ -132,7 +133,13 @@ def run(graph: Graph, inputs: Mapping[str, np.ndarray], *, mode: str | Semantics
     keep = {id(v) for v in graph.outputs}
     for node in graph.nodes:
         args = [env[id(v)] if v is not None else None for v in node.inputs]
-        results = sem.evaluate(node, args)
+        try:
+            results = sem.evaluate(node, args)
+        except ValueError as e:  # symbolic dims verified, but these sizes do not fit: a user error
+            if not any(isinstance(d, str) for v in node.inputs if v is not None for d in v.type.shape):
+                raise
+            shapes = ", ".join(str(list(np.shape(getattr(a, "q", a)))) for a in args if a is not None)
+            raise ShapeError(f"node '{node.name}' ({node.op}) cannot run on inputs of shapes {shapes}: {e}") from None
         for out, arr in zip(node.outputs, results):
             env[id(out)] = sem.value(out, arr if hasattr(arr, "q") else np.asarray(arr))
         if not keep_all:

@@ -166,6 +166,7 @@ _PASSES: dict[str, str] = {
     "residual-rewrite": "qcc.passes.residual_rewrite:RewriteResidualPass",
     "annotate-sensitivity": "qcc.passes.annotate_sensitivity:AnnotateSensitivityPass",
     "assign-bits": "qcc.passes.assign_bits:AssignBitsPass",
+    "range-analysis": "qcc.passes.range_analysis:RangeAnalysisPass",
 }
 _loaded_entry_points = False
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from qcc.errors import VerifyError
+from qcc.errors import ModelImportError, VerifyError
 from qcc.frontend.onnx.importer import ANNOTATION, Const, Context, PendingQ, Sym
 from qcc.ir.graph import Graph, Value
 from qcc.ir.quant import Bipolar, QuantSpec, Thresholds, Uniform
@@ -196,6 +196,7 @@ def _dequantize_linear(cx: Context, node: onnx.NodeProto, name: str, attrs: dict
             return
     elif isinstance(e, Const) and e.array.dtype.name in INT_TYPES:
         spec = _qdq_spec(cx, node, name, attrs, e.array.ndim, e.array.dtype.name)
+        _check_channels(spec, e.array.shape, name)
         data = dequantize(e.array.astype(np.int64), spec, dtype=scale.dtype)
         cx.bind(out, Const(data, quant=spec))
         return
@@ -208,11 +209,22 @@ def _dequantize_linear(cx: Context, node: onnx.NodeProto, name: str, attrs: dict
 def _bind_quantized(cx: Context, src: str, spec: QuantSpec, *, out: str, name: str, dtype=None) -> None:
     """The output of a quantizer on `src`: an annotated constant, or an annotated activation."""
     e = cx.entry(src)
+    _check_channels(spec, e.array.shape if isinstance(e, Const) else cx.value(src).type.shape, name)
     if isinstance(e, Const):
         data = np.asarray(e.array, dtype=dtype or np.float32)
         cx.bind(out, Const(fake_quant(data, spec).astype(data.dtype), quant=spec))
         return
     annotate(cx, cx.value(src), spec, out=out, name=name)
+
+
+def _check_channels(spec: QuantSpec, shape: tuple, name: str) -> None:
+    """Per-axis parameters must match the size of the quantized tensor's axis."""
+    axis, n = getattr(spec, "axis", None), spec.channels
+    if axis is None or n is None or n == 1 or axis >= len(shape) or not isinstance(shape[axis], int):
+        return
+    if n != shape[axis]:
+        raise ModelImportError(f"node '{name}': {n} per-axis quantization parameters for axis {axis} "
+                               f"of size {shape[axis]}")
 
 
 # ---------------------------------------------------------------------- Clip folded into a quantizer

@@ -21,7 +21,7 @@ __all__ = ["ANALYSIS_ATTRS", "AttrSpec", "OpDef", "REQUIRED", "register", "get_o
 
 # Attributes any node may carry whatever its op: results of analyses (e.g. the `calibrate` pass's
 # statistics). They print and parse with the graph but are not part of the op's semantics.
-ANALYSIS_ATTRS = frozenset({"calibration", "codebook", "sensitivity"})
+ANALYSIS_ATTRS = frozenset({"calibration", "codebook", "ranges", "sensitivity"})
 
 
 class _Required:
