@@ -95,6 +95,7 @@ class Target(ABC):
 
     name: str = ""
     table_fields: tuple[str, ...] = ()  # per-layer cost fields `qcc compile` shows as table columns
+    accumulator_bits: int | None = None  # fixed accumulator width `qcc compile` proves enough (qcc.ranges)
 
     @abstractmethod
     def legal_bits(self, node: Node) -> LegalBits: ...

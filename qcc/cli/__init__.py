@@ -213,6 +213,8 @@ def cmd_compile(args) -> int:
     model = _model_arg(args.model)
     evaluation = _eval_data(args.eval) if args.eval else None
     graph, ctx = compile_graph(args, target, model)
+    if target.accumulator_bits and not args.allow_overflow:
+        _refuse_overflow(graph, target)
     with atomic_dir(args.output) as staging:
         artifacts = target.lower(graph, staging)
         write_artifacts(Artifacts(directory=staging, files=artifacts.files, target=target.name))
@@ -233,6 +235,17 @@ def cmd_compile(args) -> int:
         print(f"top-1 on {accuracy['eval_samples']} samples: {args.target} {100 * accuracy['target_top1']:.2f} %, "
               f"integer interpreter {100 * accuracy['int_top1']:.2f} % (outputs {same} the interpreter's)")
     return EXIT_OK
+
+
+def _refuse_overflow(graph, target) -> None:
+    """A design whose accumulators can overflow the target's width is a user error (qcc.ranges proves it)."""
+    from qcc.ranges import prove_no_overflow
+
+    violations = prove_no_overflow(graph, target.accumulator_bits)
+    if violations:
+        more = f"; {len(violations) - 1} more layer(s) too" if len(violations) > 1 else ""
+        raise QccError(f"target '{target.name}': {violations[0].message()}{more}; use fewer bits for that layer "
+                       f"(--config) or pass --allow-overflow to accept wrapped results")
 
 
 def _eval_data(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -345,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_options(p)
     p.add_argument("--synth", action="store_true", help="fpga: synthesize with Yosys")
     p.add_argument("--pnr", action="store_true", help="fpga: place and route with nextpnr")
+    p.add_argument("--allow-overflow", action="store_true",
+                   help="compile even when an accumulator can overflow the target's width (see range-analysis)")
     p.add_argument("--explain", action="store_true",
                    help="print, per node, which kernel / crossbar mapping / RTL block it became and why")
     _add_pass_options(p)

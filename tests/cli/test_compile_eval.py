@@ -132,3 +132,22 @@ def test_explain_prints_every_node_with_the_targets_reason(tmp_path, capsys):
     assert "widget unit" in rows["/conv1/Conv"] and "a Conv with a weight" in rows["/conv1/Conv"]
     assert "no target code" in rows["/relu1/Relu"]
     assert len(rows) == 13  # every node of the example
+
+
+class _NarrowTarget(_InterpreterTarget):
+    name = "narrow-test"
+    accumulator_bits = 16
+
+
+def test_compile_refuses_accumulators_that_can_overflow_unless_allowed(tmp_path, capsys):
+    register_target("narrow-test", _NarrowTarget)
+    try:
+        out = tmp_path / "out"
+        assert main(["compile", "--target", "narrow-test", "-o", str(out), "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "needs an accumulator of" in err and "more than acc-bits=16" in err and "--allow-overflow" in err
+        assert "\n" not in err and not out.exists()
+        assert main(["compile", "--target", "narrow-test", "-o", str(out), "-q", "--allow-overflow"]) == 0
+        assert main(["compile", "--target", "interp-test", "-o", str(tmp_path / "wide"), "-q"]) == 0  # no width
+    finally:
+        _TARGETS.pop("narrow-test", None)
