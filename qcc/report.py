@@ -94,12 +94,12 @@ class Report:
 
 
 def _cost_cell(value: Any) -> str:
-    """Integral figures with thousands separators, others to 4 significant digits; '' when absent."""
+    """Integral or large figures with thousands separators, others to 4 significant digits; '' when absent."""
     if value is None:
         return ""
     value = float(value)
-    if value.is_integer() and abs(value) < 1e15:
-        return f"{int(value):,}"
+    if (value.is_integer() or abs(value) >= 1000) and abs(value) < 1e15:
+        return f"{value:,.0f}"
     return f"{value:.4g}"
 
 
