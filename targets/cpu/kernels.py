@@ -22,9 +22,15 @@ Operands (everything exact, int64 accumulators as in the reference; popcounts ne
 Every kernel computes `acc = corr + sum(term)` with `corr` an int64 input (the correction above), so
 the kernel's output is the reference accumulator `sum (qx - zx)(qw - zw)` bit for bit.
 
-Schedules (tvm.s_tir.Schedule): output channels split by 8 and vectorised innermost, accumulated in
-a local buffer written back after the reduction, the outer spatial loops fused and parallel,
-`decompose_reduction` last; activation packing is parallel over its outer loop.
+Schedules (tvm.s_tir.Schedule). Dense: output channels split by 8 and vectorised innermost, the outer
+loops fused and parallel. Conv: activations are bit-packed once per layer (vectorised along the row)
+into a zero-padded [plane, n, g, y, x, word] buffer; the accumulator is blocked by 8 output channels
+with one int64 popcount sum per (activation plane, weight plane) pair, and a tile of `px` output
+pixels x `cob` channel blocks x plane pairs stays in registers (`ConvSchedule`, chosen by
+`default_conv_schedule` or the tuning log) while the window is reduced; the plane sums are shifted /
+signed once per tile, transposed to NCHW and added to corr; rows x channel blocks run in parallel.
+`decompose_reduction` comes last. Hosts without AVX-512 VPOPCNTDQ (or fallback=True) get a small tile
+built for AVX2 (`FALLBACK_TARGET`), with a warning (`require_features(strict=True)` raises instead).
 """
 
 from __future__ import annotations
@@ -34,13 +40,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DenseSpec", "ConvSpec", "host_target", "build_dense", "build_conv", "pack_dense_weights",
-           "pack_conv_weights", "weight_bits", "conv_correction", "dense_correction", "LANES", "WORD"]
+__all__ = ["DenseSpec", "ConvSpec", "ConvSchedule", "default_conv_schedule", "host_features", "require_features",
+           "FAST_FEATURES", "FALLBACK_TARGET", "host_target", "dense_primfunc", "conv_primfunc", "build_dense",
+           "build_conv", "pack_dense_weights", "pack_conv_weights", "weight_bits", "conv_correction",
+           "dense_correction", "LANES", "WORD"]
 
 LANES = 8  # output channels per vector (8 x int64 = 512 bits)
 WORD = 64  # reduction elements per packed word
 
 _TARGET = None
+FAST_FEATURES = ("avx512f", "avx512vpopcntdq")  # AND/XOR + VPOPCNTQ on zmm: what the fast schedules assume
+FALLBACK_TARGET = {"kind": "llvm", "mcpu": "x86-64-v3"}  # AVX2 only: what the fallback schedule is built for
 
 
 def host_target():
@@ -64,6 +74,32 @@ def host_target():
     else:
         _TARGET = tvm.target.Target({"kind": "llvm", "mcpu": cpu})
     return _TARGET
+
+
+def host_features(target=None) -> frozenset[str]:
+    """LLVM feature names of the (host) target, e.g. {"avx512f", "avx512vpopcntdq", ...}."""
+    from tvm.target import codegen
+
+    try:
+        return frozenset(str(f) for f in codegen.llvm_get_cpu_features(target or host_target()))
+    except Exception:  # noqa: BLE001 - an LLVM without feature queries: nothing known
+        return frozenset()
+
+
+def require_features(features=FAST_FEATURES, strict: bool = False, target=None) -> bool:
+    """True when the target has `features`. Otherwise raise QccError naming the missing ones
+    (strict), or warn once and return False so the caller takes the fallback schedule."""
+    missing = sorted(set(features) - host_features(target))
+    if not missing:
+        return True
+    message = (f"qcc cpu: the host CPU lacks {', '.join(missing)}; the bit-serial kernels use the fallback "
+               f"schedule (AVX2 tiles, several times slower)")
+    if strict:
+        from qcc.errors import QccError
+
+        raise QccError(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return False
 
 
 def weight_bits(wc: np.ndarray) -> int:
@@ -266,7 +302,41 @@ def _schedule_dense(func):
     return sch.mod
 
 
+@dataclass(frozen=True)
+class ConvSchedule:
+    """Register blocking of the conv kernel: `px` output pixels (along a row) x `cob` blocks of 8 output
+    channels x (activation planes x weight planes) int64 accumulators stay in registers while the
+    kernel window is reduced; rows x channel blocks run in parallel."""
+
+    px: int = 1
+    cob: int = 1
+
+
+_ACC_BUDGET = 8  # zmm accumulators per tile (32 registers: accumulators + hoisted weights + operands)
+_STACK_BYTES = 1024  # TVM puts local buffers of >= 1 KiB on the heap: LLVM then cannot keep them in registers
+
+
+def default_conv_schedule(spec: ConvSpec, fallback: bool = False) -> ConvSchedule:
+    """The widest pixel tile dividing the output width whose accumulators fit the register budget
+    (`fallback`: the small tile for hosts without AVX-512, 16 vector registers)."""
+    planes = (1 if spec.bipolar else spec.a_bits) * spec.w_bits
+    budget = 2 if fallback else _ACC_BUDGET
+    ow = spec.out_hw[1]
+    px = max((d for d in range(1, ow + 1) if ow % d == 0 and d * planes <= budget), default=1)
+    return ConvSchedule(px=px, cob=1)
+
+
+def _conv_schedule_ok(spec: ConvSpec, sched: ConvSchedule) -> bool:
+    planes = (1 if spec.bipolar else spec.a_bits) * spec.w_bits
+    return (sched.px >= 1 and sched.cob >= 1 and spec.out_hw[1] % sched.px == 0
+            and (spec.co_pad // LANES) % sched.cob == 0
+            and sched.px * sched.cob * planes * LANES * 8 < _STACK_BYTES)
+
+
 def _conv_func(spec: ConvSpec):
+    """x (NCHW int32) -> xbits (bit planes, 64 channels per word, vectorisable over the row) -> xpack
+    (zero-padded, [plane, n, g, y, x, word]) -> acc (popcounts per plane pair, blocked by 8 output
+    channels) -> comb (shifted / signed plane sum) -> out (+ corr, NCHW)."""
     from tvm import te, tirx
 
     oh, ow = spec.out_hw
@@ -276,79 +346,178 @@ def _conv_func(spec: ConvSpec):
     wp = te.placeholder((spec.co_pad // LANES, spec.w_bits, spec.kh, spec.kw, spec.words, LANES), "uint64",
                         name="wp")
     corr = te.placeholder((spec.co_pad, oh, ow), "int64", name="corr")
-    a_planes = 1 if spec.bipolar else spec.a_bits
-    kk = te.reduce_axis((0, WORD), name="kk")
+    ap = 1 if spec.bipolar else spec.a_bits
     cg = spec.cg
+    kk = te.reduce_axis((0, WORD), name="kk")
 
-    def pack(i, n, g, y, xx, w):
+    def pack(i, n, g, y, w, xx):
         ci = w * WORD + kk
-        yy, xs = y - pt, xx - pl
-        inside = tirx.all(ci < cg, yy >= 0, yy < spec.h, xs >= 0, xs < spec.w)
-        val = x[n, g * cg + tirx.min(ci, cg - 1), tirx.max(tirx.min(yy, spec.h - 1), 0),
-                tirx.max(tirx.min(xs, spec.w - 1), 0)]
+        val = x[n, g * cg + tirx.min(ci, cg - 1), y, xx]
         bit = (val > 0).astype("uint64") if spec.bipolar else _bit(val, i)
-        bit = tirx.if_then_else(inside, bit, tirx.const(0, "uint64"))
+        if cg % WORD:
+            bit = tirx.if_then_else(ci < cg, bit, tirx.const(0, "uint64"))
         return te.sum(bit << kk.astype("uint64"), axis=kk)
 
-    xp = te.compute((a_planes, spec.n, spec.group, hp, wpd, spec.words), pack, name="xpack")
-    i = te.reduce_axis((0, a_planes), name="i")
-    j = te.reduce_axis((0, spec.w_bits), name="j")
+    xb = te.compute((ap, spec.n, spec.group, spec.h, spec.words, spec.w), pack, name="xbits")
+
+    def pad(i, n, g, y, xx, w):
+        yy, xs = y - pt, xx - pl
+        inside = tirx.all(yy >= 0, yy < spec.h, xs >= 0, xs < spec.w)
+        val = xb[i, n, g, tirx.max(tirx.min(yy, spec.h - 1), 0), w, tirx.max(tirx.min(xs, spec.w - 1), 0)]
+        return tirx.if_then_else(inside, val, tirx.const(0, "uint64"))
+
+    xp = te.compute((ap, spec.n, spec.group, hp, wpd, spec.words), pad, name="xpack")
     ry = te.reduce_axis((0, spec.kh), name="ry")
     rx = te.reduce_axis((0, spec.kw), name="rx")
     w = te.reduce_axis((0, spec.words), name="w")
-    co_per_group = spec.co // spec.group
-    sh, sw = spec.strides
-    dh, dw = spec.dilations
+    cpg = spec.co // spec.group
+    (sh, sw), (dh, dw) = spec.strides, spec.dilations
 
-    def acc(n, co, y, xx):
-        g = tirx.min(co // co_per_group, spec.group - 1)
+    def acc(n, cb, y, xx, i, j, c):
+        g = tirx.min((cb * LANES + c) // cpg, spec.group - 1)
         xw = xp[i, n, g, y * sh + ry * dh, xx * sw + rx * dw, w]
-        ww = wp[co // LANES, j, ry, rx, w, co % LANES]
-        return te.sum(_term(xw, ww, i, j, spec.w_bits, spec.bipolar), axis=[i, j, ry, rx, w])
+        ww = wp[cb, j, ry, rx, w, c]
+        return te.sum(tirx.popcount(xw ^ ww if spec.bipolar else xw & ww).astype("int64"), axis=[ry, rx, w])
 
-    s = te.compute((spec.n, spec.co_pad, oh, ow), acc, name="acc")
-    out = te.compute((spec.n, spec.co_pad, oh, ow), lambda n, co, y, xx: s[n, co, y, xx] + corr[co, y, xx],
-                     name="out")
+    s = te.compute((spec.n, spec.co_pad // LANES, oh, ow, ap, spec.w_bits, LANES), acc, name="acc")
+    ci = te.reduce_axis((0, ap), name="ci")
+    cj = te.reduce_axis((0, spec.w_bits), name="cj")
+
+    def comb(n, cb, y, xx, c):
+        t = s[n, cb, y, xx, ci, cj, c]
+        if spec.bipolar:
+            return te.sum(t * tirx.const(-2, "int64"), axis=[ci, cj])
+        t = t << (ci + cj).astype("int64")
+        return te.sum(tirx.Select(cj == spec.w_bits - 1, -t, t) if spec.w_bits > 1 else -t, axis=[ci, cj])
+
+    cbuf = te.compute((spec.n, spec.co_pad // LANES, oh, ow, LANES), comb, name="comb")
+    out = te.compute((spec.n, spec.co_pad, oh, ow),
+                     lambda n, co, y, xx: cbuf[n, co // LANES, y, xx, co % LANES] + corr[co, y, xx], name="out")
     return te.create_prim_func([x, wp, corr, out])
 
 
-def _schedule_conv(func):
+def _loops_under(sch, block, loop):
+    """The loops of `block` nested strictly inside `loop`."""
+    loops = sch.get_loops(block)
+    target = sch.get(loop)
+    for k, lp in enumerate(loops):
+        if sch.get(lp).same_as(target):
+            return loops[k + 1:]
+    return []
+
+
+def _schedule_conv_pack(sch) -> None:
+    pb = sch.get_sblock("xbits")
+    i, n, g, y, w, xx, kk = sch.get_loops(pb)
+    sch.reorder(i, n, g, y, w, kk, xx)
+    sch.parallel(sch.fuse(i, n, g, y))
+    if sch.get(xx).extent.value >= LANES:
+        sch.vectorize(sch.split(xx, [None, LANES])[1])
+    ql = sch.get_loops(sch.get_sblock("xpack"))
+    sch.parallel(sch.fuse(*ql[:4]))
+    sch.decompose_reduction(pb, kk)
+
+
+def _schedule_conv(func, spec: ConvSpec, sched: ConvSchedule):
     import tvm
 
     sch = tvm.s_tir.Schedule(func)
     blk = sch.get_sblock("acc")
-    n, co, y, xx, i, j, ry, rx, w = sch.get_loops(blk)
-    coo, coi = sch.split(co, [None, LANES])
-    sch.reorder(n, coo, y, xx, i, j, ry, rx, w, coi)
-    cw = sch.cache_write(blk, 0, "local")
-    sch.reverse_compute_at(cw, xx)
-    outer = sch.fuse(n, coo, y)
-    sch.parallel(outer)
-    sch.vectorize(coi)
-    sch.vectorize(sch.get_loops(cw)[-1])
-    pb = sch.get_sblock("xpack")
-    pl = sch.get_loops(pb)
-    sch.parallel(sch.fuse(*pl[:4]))
-    sch.decompose_reduction(blk, i)
+    n, cb, y, xx, i, j, c, ry, rx, w = sch.get_loops(blk)
+    cbo, cbi = sch.split(cb, [None, sched.cob])
+    xo, xi = sch.split(xx, [None, sched.px])
+    sch.reorder(n, cbo, y, xo, ry, rx, w, cbi, xi, i, j, c)
+    comb, ob = sch.get_sblock("comb"), sch.get_sblock("out")
+    sch.reverse_compute_at(comb, xo)
+    sch.reverse_compute_at(ob, xo)
+    sch.set_scope(blk, 0, "local")
+    sch.set_scope(comb, 0, "local")
+    sch.parallel(sch.fuse(n, cbo, y))
+    sch.vectorize(c)
+    for lp in (cbi, xi, i, j):
+        sch.unroll(lp)
+    cl = _loops_under(sch, comb, xo)
+    nred = int(not spec.bipolar and spec.a_bits > 1) + int(spec.w_bits > 1)  # ci / cj loops (extent > 1)
+    if nred:
+        sch.reorder(*cl[len(cl) - nred:], *cl[:len(cl) - nred])
+    cl = _loops_under(sch, comb, xo)
+    for lp in cl[:-1]:
+        sch.unroll(lp)
+    sch.vectorize(cl[-1])
+    ol = _loops_under(sch, ob, xo)
+    for lp in ol[:-1]:
+        sch.unroll(lp)
+    sch.vectorize(ol[-1])
+    sch.decompose_reduction(blk, ry)
+    sch.decompose_reduction(comb, _loops_under(sch, comb, xo)[0])
+    _schedule_conv_pack(sch)
     return sch.mod
 
 
 _BUILT: dict = {}
+_FUNCS: dict = {}
 
 
-def _build(key, make):
+def dense_primfunc(spec: DenseSpec):
+    """The scheduled dense kernel as a `tvm.tir.PrimFunc` (cached by spec; stable interface).
+
+    Arguments, in order (all buffers C-contiguous, batch `spec.m` rows):
+      x    int32  [m, k]                           offset activation codes x' = q - qmin (0 <= x' < 2^a_bits;
+                                                    for bipolar layers the +-1 codes themselves)
+      wp   uint64 [n_pad/8, w_bits, words, 8]      `pack_dense_weights(wc, w_bits, bipolar)`
+      corr int64  [n_pad]                          `dense_correction(wc, zx', bipolar)`
+      out  int64  [m, n_pad]                       written: sum (qx - zx)(qw - zw) (columns >= n are padding)
+    """
+    key = ("dense", spec)
+    if key not in _FUNCS:
+        _FUNCS[key] = _schedule_dense(_dense_func(spec))["main"]
+    return _FUNCS[key]
+
+
+def conv_primfunc(spec: ConvSpec, sched: ConvSchedule | None = None, fallback: bool = False):
+    """The scheduled conv2d kernel as a `tvm.tir.PrimFunc` (cached by spec; stable interface).
+
+    Arguments, in order (all buffers C-contiguous, NCHW):
+      x    int32  [n, c, h, w]                              offset activation codes (as for the dense kernel)
+      wp   uint64 [co_pad/8, w_bits, kh, kw, words, 8]      `pack_conv_weights(wc, w_bits, bipolar)`
+      corr int64  [co_pad, oh, ow]                          `conv_correction(wc, zx', bipolar, (h, w), attrs)`
+      out  int64  [n, co_pad, oh, ow]                       written: sum (qx - zx)(qw - zw) (channels >= co
+                                                             are padding)
+    `sched` (register tile) defaults to `default_conv_schedule(spec, fallback)`; an invalid one (tile not
+    dividing the output width, accumulators over 1 KiB) is replaced by the default. The result is
+    target-independent TIR: build it for `host_target()` (or FALLBACK_TARGET with fallback=True).
+    """
+    if sched is None or not _conv_schedule_ok(spec, sched):
+        sched = default_conv_schedule(spec, fallback)
+    key = ("conv", spec, sched)
+    if key not in _FUNCS:
+        _FUNCS[key] = _schedule_conv(_conv_func(spec), spec, sched)["main"]
+    return _FUNCS[key]
+
+
+def _build(key, func, fallback: bool):
     import tvm
 
+    target = tvm.target.Target(FALLBACK_TARGET) if fallback else host_target()
+    key = (*key, fallback)
     if key not in _BUILT:
-        _BUILT[key] = tvm.compile(make(), target=host_target())
+        _BUILT[key] = tvm.compile(tvm.IRModule({"main": func}), target=target)
     return _BUILT[key]
 
 
-def build_dense(spec: DenseSpec):
-    """The compiled dense kernel (cached by spec in this process): main(x, wp, corr, out)."""
-    return _build(spec, lambda: _schedule_dense(_dense_func(spec)))
+def _use_fallback(fallback: bool) -> bool:
+    return fallback or not require_features()
 
 
-def build_conv(spec: ConvSpec):
-    """The compiled conv2d kernel (cached by spec in this process): main(x, wp, corr, out)."""
-    return _build(spec, lambda: _schedule_conv(_conv_func(spec)))
+def build_dense(spec: DenseSpec, fallback: bool = False):
+    """The compiled dense kernel (cached by spec in this process): main(x, wp, corr, out). Hosts without
+    FAST_FEATURES (a warning) or fallback=True get the AVX2 build."""
+    fallback = _use_fallback(fallback)
+    return _build(("dense", spec), dense_primfunc(spec), fallback)
+
+
+def build_conv(spec: ConvSpec, sched: ConvSchedule | None = None, fallback: bool = False):
+    """The compiled conv2d kernel (cached by spec in this process): main(x, wp, corr, out). Hosts without
+    FAST_FEATURES (a warning) or fallback=True get the fallback tile built for AVX2."""
+    fallback = _use_fallback(fallback)
+    return _build(("conv", spec, sched), conv_primfunc(spec, sched, fallback), fallback)

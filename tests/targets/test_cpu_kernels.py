@@ -16,12 +16,34 @@ from hypothesis import strategies as st
 
 pytest.importorskip("tvm")
 
+from qcc.errors import QccError  # noqa: E402
 from qcc.integer import QTensor, constant_value, evaluate_node, quantize_result  # noqa: E402
 from qcc.ir.graph import Graph  # noqa: E402
 from qcc.ir.quant import Bipolar, Uniform  # noqa: E402
 from qcc.ir.types import TensorType  # noqa: E402
-from qcc.targets.cpu.kernels import weight_bits  # noqa: E402
+from qcc.ops import get_op  # noqa: E402
+from qcc.targets.cpu.kernels import (  # noqa: E402
+    ConvSchedule,
+    ConvSpec,
+    DenseSpec,
+    build_conv,
+    conv_primfunc,
+    default_conv_schedule,
+    dense_primfunc,
+    require_features,
+    weight_bits,
+)
 from qcc.targets.cpu.layers import LayerKernel, accelerated_result, plan_layer  # noqa: E402
+from qcc.targets.cpu.tuning import (  # noqa: E402
+    LOG_VERSION,
+    KernelChoice,
+    choose_kernel,
+    estimate_cycles,
+    layer_key,
+    load_log,
+    save_log,
+    tune,
+)
 
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -112,3 +134,82 @@ def test_weight_bits_is_the_narrowest_twos_complement():
     assert weight_bits(np.array([1])) == 2
     assert weight_bits(np.array([-8, 7])) == 4
     assert weight_bits(np.array([-9])) == 5
+
+
+def _conv_case(spec, seed=0):
+    from qcc.targets.cpu.kernels import conv_correction, pack_conv_weights
+
+    rng = np.random.default_rng(seed)
+    lo, hi = -(2 ** (spec.w_bits - 1)), 2 ** (spec.w_bits - 1)
+    wc = rng.integers(lo, hi, (spec.co, spec.cg, spec.kh, spec.kw))
+    attrs = {"group": spec.group, "kernel_shape": [spec.kh, spec.kw], "strides": list(spec.strides),
+             "pads": list(spec.pads), "dilations": list(spec.dilations)}
+    x = rng.integers(0, 2**spec.a_bits, (spec.n, spec.c, spec.h, spec.w)).astype(np.int32)
+    corr = conv_correction(wc, 1, False, (spec.h, spec.w), attrs)
+    want = np.rint(get_op("Conv").evaluate([(x - 1).astype(np.float64), wc.astype(np.float64)], attrs)[0])
+    return [x, pack_conv_weights(wc, spec.w_bits), corr, np.zeros((1, spec.co_pad, *spec.out_hw), np.int64)], want
+
+
+def _run(lib, arrays):
+    import tvm
+
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu()) for a in arrays]
+    lib["main"](*args)
+    return args[-1].numpy()
+
+
+SPEC = ConvSpec(1, 70, 4, 8, 16, 3, 3, 1, (1, 1), (1, 1, 1, 1), (1, 1), 2, 2)
+
+
+@pytest.mark.parametrize("tile", [ConvSchedule(1, 1), ConvSchedule(2, 2), ConvSchedule(4, 1), ConvSchedule(3, 1)])
+def test_conv_register_tiles_are_exact(tile):
+    arrays, want = _conv_case(SPEC)
+    got = _run(build_conv(SPEC, tile), arrays)
+    assert np.array_equal(got[:, :SPEC.co], want.astype(np.int64))
+
+
+def test_forced_fallback_schedule_is_exact():
+    arrays, want = _conv_case(SPEC, seed=1)
+    assert np.array_equal(_run(build_conv(SPEC, fallback=True), arrays)[:, :SPEC.co], want.astype(np.int64))
+    assert default_conv_schedule(SPEC, fallback=True).px == 1  # 4 plane pairs: one pixel per tile
+
+
+def test_missing_host_feature_is_a_clear_error_or_a_warning():
+    with pytest.raises(QccError, match="lacks avx512-imaginary"):
+        require_features(("avx512-imaginary",), strict=True)
+    with pytest.warns(RuntimeWarning, match="fallback"):
+        assert not require_features(("avx512-imaginary",))
+    assert require_features(()) is True
+
+
+def test_primfuncs_are_stable_and_cached():
+    assert conv_primfunc(SPEC) is conv_primfunc(SPEC)
+    dense = DenseSpec(1, 70, 9, 1, 1, True)
+    func = dense_primfunc(dense)
+    assert func is dense_primfunc(dense)
+    assert [str(p.dtype) for p in func.params] == ["int32", "uint64", "int64", "int64"]
+
+
+def test_choose_kernel_model_and_log(tmp_path):
+    binary = ConvSpec(1, 64, 56, 56, 64, 3, 3, 1, (1, 1), (1, 1, 1, 1), (1, 1), 1, 1, True)
+    choice = choose_kernel(binary)
+    assert choice.kernel == "bitserial" and choice.source == "model" and 56 % choice.px == 0
+    assert estimate_cycles(binary, "bitserial") < estimate_cycles(binary, "int8")
+    path = tmp_path / "tune.json"
+    save_log({"version": LOG_VERSION, "entries": {layer_key(binary): {"kernel": "int8", "px": 4, "cob": 1,
+                                                                       "us": None}}}, path)
+    text = path.read_text()
+    assert choose_kernel(binary, load_log(path)) == KernelChoice("int8", 4, 1, "log", None)
+    save_log(load_log(path), path)
+    assert path.read_text() == text  # deterministic
+    path.write_text("{")
+    with pytest.raises(QccError, match="not valid JSON"):
+        load_log(path)
+
+
+def test_tune_measures_and_records(tmp_path):
+    spec = DenseSpec(1, 64, 16, 2, 2)
+    log = tune([spec], tmp_path / "t.json", repeat=2)
+    entry = log["entries"][layer_key(spec)]
+    assert entry["kernel"] in ("bitserial", "int8") and entry["us"] > 0
+    assert choose_kernel(spec, load_log(tmp_path / "t.json")).source == "log"
