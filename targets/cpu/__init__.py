@@ -1,38 +1,30 @@
-"""The CPU target: `qcc compile --target cpu` builds bit-serial TVM kernels for the quantized layers.
+"""The CPU target: `qcc compile --target cpu` builds the quantized graph into ONE TVM module.
 
-Lowering (one .so per accelerated layer, documented choice): every Conv / Gemm whose activation and
-weights are integer (qcc.targets.cpu.layers.plan_layer) gets its own kernel, built with
-tvm.compile for the host CPU and exported as OUTDIR/kernels/<k>.so, its bit-packed weights and
-zero-point correction in OUTDIR/params.npz, its kernel spec in OUTDIR/layers.json, next to the
-quantized graph OUTDIR/model.qir. Per-layer libraries keep each build small and let a layer be
-rebuilt or swapped alone; the graph itself stays the schedule that calls them in order.
-
-Simulation runs the graph with the integer semantics (qcc.integer) and dispatches each accelerated
-layer's accumulator to its compiled kernel (loaded with tvm.runtime.load_module); everything else
-(requantization, thresholds, pooling, residual adds, float islands) is the reference code itself,
-so the whole model equals `qcc.interp.run(graph, x, mode="int")` bit for bit.
+Lowering (qcc.targets.cpu.module, its docstring justifies Relax): the whole quantized graph becomes
+Relax functions over pre-scheduled TIR: input quantization, bit-serial (AND / XNOR + popcount)
+Conv / Gemm kernels (qcc.targets.cpu.kernels) with the bias folded into their correction term,
+requantization, thresholds, pooling, residual adds and dequantized outputs, compiled once for the
+host CPU into OUTDIR/model.so next to OUTDIR/params.npz (packed weights, corrections, multipliers),
+OUTDIR/metadata.json (the call plan, kernels, nodes left to the host) and the quantized graph
+OUTDIR/model.qir. `simulate` (and `qcc run OUTDIR`) runs the module through the Relax VM and equals
+`qcc.interp.run(graph, x, mode="int")` bit for bit; `load(OUTDIR)` gives the same as a callable.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from qcc.crop import evaluate_interior
 from qcc.errors import QccError
-from qcc.integer import IntegerSemantics, evaluate_node
 from qcc.ir.graph import Graph, Node
 from qcc.target import Artifacts, CostReport, LayerCost, LegalBits, Target
 
-__all__ = ["CpuTarget", "CpuSemantics", "load_layers"]
+__all__ = ["CpuTarget", "load"]
 
-_LAYERS_FILE = "layers.json"
-_PARAMS_FILE = "params.npz"
-_MODEL_FILE = "model.qir"
 _BITS = tuple(range(1, 9))
+_LOADED: dict = {}
 
 
 def _require_tvm() -> None:
@@ -42,23 +34,24 @@ def _require_tvm() -> None:
         raise QccError("the cpu target needs Apache TVM: pip install 'qcc[cpu]'") from None
 
 
-class CpuSemantics(IntegerSemantics):
-    """Integer semantics with the accelerated layers' accumulators computed by TVM kernels."""
+def load(directory: Path):
+    """The compiled model of a cpu folder as a callable: model({input: x}) -> {output: float array}."""
+    _require_tvm()
+    from qcc.targets.cpu.module import CompiledModel
 
-    def __init__(self, kernels: Mapping[str, object]):
-        super().__init__()
-        self.kernels = dict(kernels)
+    return CompiledModel(Path(directory))
 
-    def _node(self, node: Node, args: list) -> list:
-        from qcc.targets.cpu.layers import accelerated_result
 
-        kernel = self.kernels.get(node.name)
-        return evaluate_node(node, args) if kernel is None else accelerated_result(node, args, kernel)
+def _cached(directory: Path):
+    """The loaded model of a folder, reused while its files are unchanged (--eval calls per batch)."""
+    from qcc.targets.cpu.module import METADATA_FILE
 
-    def evaluate(self, node: Node, args: list) -> list:
-        if not self.skip_cropped:
-            return self._node(node, args)
-        return evaluate_interior(node, args, self._node)
+    key = str(Path(directory).resolve())
+    stamp = (Path(directory) / METADATA_FILE).stat().st_mtime_ns
+    hit = _LOADED.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = _LOADED[key] = (stamp, load(directory))
+    return hit[1]
 
 
 def _word_ops(node: Node, plan) -> float:
@@ -72,31 +65,11 @@ def _word_ops(node: Node, plan) -> float:
     return float(a_planes * spec.w_bits * spec.words * spec.n)
 
 
-def load_layers(directory: Path) -> dict[str, object]:
-    """The compiled layer kernels of a lowered folder, by node name."""
-    import tvm
-
-    from qcc.targets.cpu.layers import LayerKernel, LayerPlan, spec_from_json
-
-    directory = Path(directory)
-    try:
-        doc = json.loads((directory / _LAYERS_FILE).read_text())
-        params = np.load(directory / _PARAMS_FILE)
-    except (OSError, ValueError) as e:
-        raise QccError(f"{directory} has no readable cpu kernels: {e}") from None
-    kernels = {}
-    for entry in doc["layers"]:
-        plan = LayerPlan(entry["node"], spec_from_json(entry["spec"]), params[f"{entry['key']}_wp"],
-                         params[f"{entry['key']}_corr"], int(entry["qmin"]), int(entry["zx"]))
-        lib = tvm.runtime.load_module(str(directory / entry["library"]))
-        kernels[entry["node"]] = LayerKernel(plan, lib["main"])
-    return kernels
-
-
 class CpuTarget(Target):
     """Bit-serial (AND / XNOR + popcount) TVM kernels for this machine's CPU."""
 
     name = "cpu"
+    table_fields = ("word_ops", "a_bits", "w_bits")
 
     def __init__(self, **options):
         if options:
@@ -127,34 +100,13 @@ class CpuTarget(Target):
 
     def lower(self, graph: Graph, out_dir: Path) -> Artifacts:
         _require_tvm()
-        from qcc.frontend.qir import save
-        from qcc.targets.cpu.kernels import DenseSpec, build_conv, build_dense
-        from qcc.targets.cpu.layers import plan_layer, spec_to_json
+        from qcc.targets.cpu.module import build_module
 
         out_dir = Path(out_dir)
-        (out_dir / "kernels").mkdir(parents=True, exist_ok=True)
-        save(graph, out_dir / _MODEL_FILE)
-        entries, params, files = [], {}, {"model": out_dir / _MODEL_FILE}
-        for index, node in enumerate(n for n in graph.nodes if plan_layer(n) is not None):
-            plan = plan_layer(node)
-            key = f"L{index}"
-            lib = (build_dense if isinstance(plan.spec, DenseSpec) else build_conv)(plan.spec)
-            so = out_dir / "kernels" / f"{key}.so"
-            lib.export_library(str(so))
-            params[f"{key}_wp"], params[f"{key}_corr"] = plan.wp, plan.corr
-            entries.append({"node": node.name, "key": key, "library": f"kernels/{key}.so",
-                            "spec": spec_to_json(plan.spec), "qmin": plan.qmin, "zx": plan.zx})
-            files[f"kernel:{node.name}"] = so
-        np.savez(out_dir / _PARAMS_FILE, **params)
-        (out_dir / _LAYERS_FILE).write_text(json.dumps({"layers": entries}, indent=2) + "\n")
-        files.update({"params": out_dir / _PARAMS_FILE, "layers": out_dir / _LAYERS_FILE})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = build_module(graph, out_dir)
+        _LOADED.pop(str(out_dir.resolve()), None)
         return Artifacts(directory=out_dir, files=files, target=self.name)
 
     def simulate(self, artifacts: Artifacts, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        _require_tvm()
-        from qcc.frontend.qir import load
-        from qcc.interp import run
-
-        directory = Path(artifacts.directory)
-        graph = load(directory / _MODEL_FILE)
-        return run(graph, inputs, mode=CpuSemantics(load_layers(directory)))
+        return _cached(Path(artifacts.directory))(inputs)

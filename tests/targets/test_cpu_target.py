@@ -1,5 +1,6 @@
-"""The cpu target end to end: `qcc compile --target cpu` then `qcc run OUTDIR` equals the integer
-interpreter on the quantized example bit for bit, with every Conv / Gemm run by a TVM kernel."""
+"""The cpu target end to end: `qcc compile --target cpu` builds the quantized example into one TVM
+module (model.so), and `qcc run OUTDIR` / `qcc.targets.cpu.load(OUTDIR)` equal the integer interpreter
+on the whole evaluation set bit for bit, with no node left to the host."""
 
 from __future__ import annotations
 
@@ -29,24 +30,21 @@ def compiled(tmp_path_factory):
     return out
 
 
-def test_compile_writes_kernels_params_and_graph(compiled):
-    layers = json.loads((compiled / "layers.json").read_text())["layers"]
+def test_compile_writes_one_module_params_and_plan(compiled):
+    meta = json.loads((compiled / "metadata.json").read_text())
     graph = load(compiled / "model.qir")
     macs = [n.name for n in graph.nodes if n.op in ("Conv", "Gemm")]
-    assert [e["node"] for e in layers] == macs  # every MAC layer of the quantized example is a kernel
-    for entry in layers:
-        assert (compiled / entry["library"]).is_file()
-    assert (compiled / "params.npz").is_file()
+    assert [k["node"] for k in meta["kernels"]] == macs  # every MAC layer is a bit-serial kernel
+    assert meta["host_nodes"] == []
+    assert [s["kind"] for s in meta["plan"]] == ["module"]
+    for name in ("model.so", "params.npz", "model.qir"):
+        assert (compiled / name).is_file()
+    assert not (compiled / "kernels").exists()
     assert read_artifacts(compiled).target == "cpu"
 
 
-def test_run_equals_integer_interpreter(compiled, tmp_path, monkeypatch):
-    import qcc.targets.cpu.layers as layers
-
-    calls = []
-    original = layers.LayerKernel.accumulate
-    monkeypatch.setattr(layers.LayerKernel, "accumulate", lambda self, x: calls.append(1) or original(self, x))
-    x = np.load(EVAL)["x"][:16]
+def test_run_equals_integer_interpreter_on_the_eval_set(compiled, tmp_path):
+    x = np.load(EVAL)["x"]
     graph = load(compiled / "model.qir")
     np.savez(tmp_path / "in.npz", **{graph.inputs[0].name: x})
     assert qcc("run", compiled, tmp_path / "in.npz", "-o", tmp_path / "out.npz") == 0
@@ -55,7 +53,18 @@ def test_run_equals_integer_interpreter(compiled, tmp_path, monkeypatch):
     assert set(got.files) == set(want)
     for name, value in want.items():
         assert np.array_equal(got[name], value)
-    assert len(calls) == 5  # the four Convs and the Gemm went through TVM
+
+
+def test_load_returns_a_callable_taking_batches(compiled):
+    from qcc.targets.cpu import load as load_cpu
+
+    model = load_cpu(compiled)
+    x = np.load(EVAL)["x"][:5]
+    graph = load(compiled / "model.qir")
+    want = run(graph, {graph.inputs[0].name: x}, mode="int")
+    got = model(x)
+    assert all(np.array_equal(got[k], v) for k, v in want.items())
+    assert get_target("cpu").simulate(read_artifacts(compiled), {"x": x[:1]})["logits"].shape == (1, 10)
 
 
 def test_cost_reports_accelerated_layers(compiled):
@@ -63,6 +72,12 @@ def test_cost_reports_accelerated_layers(compiled):
     report = get_target("cpu").cost(graph)
     assert report.totals["accelerated_layers"] == 5
     assert all(c.fields["word_ops"] > 0 for c in report.layers)
+
+
+def test_table_fields_are_cost_fields(compiled):
+    graph = load(compiled / "model.qir")
+    report = get_target("cpu").cost(graph)
+    assert set(get_target("cpu").table_fields) <= set(report.layers[0].fields)
 
 
 def test_unknown_option_is_a_clear_error():

@@ -1,0 +1,190 @@
+"""Benchmark: end-to-end latency of the cpu target's single TVM module against onnxruntime fp32 / int8.
+
+Usage: python bench/bench_cpu_e2e.py [--threads 2] [--repeat 50] [--skip-resnet] [--json ...] [--md ...]
+
+Models (batch 1): (a) the bundled example at W1A1, W2A2, W1A2 on its middle layers (conv2, conv3,
+conv4; W1 = bipolar weights, A1 = bipolar activations) with the first and last layers at 8 bits;
+(b) ResNet-18 (bench/resnet_onnx.py, 224x224, random weights) with binary middle layers and the
+first conv / fc at 8 bits. qcc runs OUTDIR/model.so through the Relax VM (input quantization,
+kernels, requantization, dequantized logits all inside; timed per call including argument
+conversion); onnxruntime runs the float model (fp32) and the qcc QDQ export of the 8-bit
+quantized graph (int8), all in one process with the same thread count, median of repeated runs.
+Every qcc configuration is checked bit for bit against the integer interpreter on one sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_MIDDLE = ("/conv2/Conv", "/conv3/Conv", "/conv4/Conv")
+
+
+def _args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--skip-resnet", action="store_true")
+    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "cpu_e2e.json")
+    p.add_argument("--md", type=Path, default=Path(__file__).parent / "results" / "cpu_e2e.md")
+    return p.parse_args(argv)
+
+
+def _median(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def _config_text(middle: list[str], w: str, a: str) -> str:
+    """A --config TOML: 8-bit default, the middle layers at the given precision."""
+    schemes = {"1": "bipolar"}
+    lines = ["[default]", "w_bits = 8", "a_bits = 8"]
+    for name in middle:
+        lines += [f'[layers."{name}"]', f"w_bits = {max(int(w), 2)}", f"a_bits = {max(int(a), 2)}",
+                  f'w_scheme = "{schemes.get(w, "uniform")}"', f'a_scheme = "{schemes.get(a, "uniform")}"']
+    return "\n".join(lines) + "\n"
+
+
+def _quantize(onnx_path: Path, calib, config_text: str | None, work: Path):
+    from qcc.frontend import load_model
+    from qcc.pass_manager import PassContext, run_pipeline
+
+    graph = load_model(onnx_path)
+    ctx = PassContext()
+    ctx.config["calib"] = {"x": calib}
+    options = ""
+    if config_text is not None:
+        path = work / f"cfg{abs(hash(config_text))}.toml"
+        path.write_text(config_text)
+        options = f"{{config={path}}}"
+    run_pipeline(graph, f"canonicalize,fold-bn,calibrate,quantize{options}", ctx)
+    return graph
+
+
+def _ort(model_bytes: bytes, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle ORT threads must not steal TVM's cores
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def _qcc(graph, out: Path, x):
+    import numpy as np
+
+    from qcc.interp import run
+    from qcc.targets.cpu.module import CompiledModel, build_module
+
+    t = time.perf_counter()
+    build_module(graph, out)
+    build_s = time.perf_counter() - t
+    model = CompiledModel(out)
+    name = model.graph.inputs[0].name
+    got = model({name: x})
+    want = run(model.graph, {name: x}, mode="int")
+    exact = all(np.array_equal(got[k], v) for k, v in want.items())
+    return model, name, exact, build_s
+
+
+def _row(label, config, model, name, x, fp32, int8, repeat, exact, build_s):
+    qcc_s = _median(lambda: model.run_sample({name: x}), repeat)
+    kinds = sorted({k["kernel"] for k in model.metadata["kernels"]})
+    return {"model": label, "config": config, "qcc_ms": qcc_s * 1e3, "ort_fp32_ms": fp32 * 1e3,
+            "ort_int8_ms": int8 * 1e3, "vs_fp32": fp32 / qcc_s, "vs_int8": int8 / qcc_s, "bit_exact": exact,
+            "host_nodes": len(model.host_nodes), "kernels": kinds, "build_s": build_s}
+
+
+def _bench_model(label, onnx_path, calib, x, configs, repeat, threads, work: Path):
+    from qcc.frontend.onnx import export_model
+
+    sess32 = _ort(Path(onnx_path).read_bytes(), threads)
+    in32 = sess32.get_inputs()[0].name
+    fp32 = _median(lambda: sess32.run(None, {in32: x}), repeat)
+    g8 = _quantize(onnx_path, calib, None, work)
+    sess8 = _ort(export_model(g8, format="qdq").SerializeToString(), threads)
+    in8 = sess8.get_inputs()[0].name
+    int8 = _median(lambda: sess8.run(None, {in8: x}), repeat)
+    rows = []
+    for config, text in configs:
+        graph = g8 if text is None else _quantize(onnx_path, calib, text, work)
+        model, name, exact, build_s = _qcc(graph, work / f"{label}-{config}".replace(" ", "_"), x)
+        rows.append(_row(label, config, model, name, x, fp32, int8, repeat, exact, build_s))
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return rows
+
+
+def _example(repeat, threads, work):
+    from qcc.examples import MODEL, load_split
+
+    calib, _ = load_split("calib")
+    x = load_split("eval")[0][:1]
+    configs = [("W8A8", None)] + [(f"W{w}A{a}", _config_text(list(_MIDDLE), w, a))
+                                  for w, a in (("1", "1"), ("2", "2"), ("1", "2"))]
+    return _bench_model("example", MODEL, calib, x, configs, repeat, threads, work)
+
+
+def _resnet(repeat, threads, work):
+    import numpy as np
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from resnet_onnx import resnet
+
+    from qcc.frontend import load_model
+
+    path = work / "resnet18.onnx"
+    onnx.save(resnet(), path)
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(0, 1, (2, 3, 224, 224)).astype(np.float32)
+    x = calib[:1]
+    graph = load_model(path)
+    macs = [n.name for n in graph.nodes if n.op in ("Conv", "Gemm")]
+    middle = macs[1:-1]
+    return _bench_model("resnet18", path, calib, x, [("W1A1 (first/last 8-bit)", _config_text(middle, "1", "1"))],
+                        max(5, repeat // 5), threads, work)
+
+
+def _markdown(doc) -> str:
+    lines = [f"End to end, batch 1, {doc['threads']} threads, {doc['machine']}; qcc = one TVM module "
+             "(model.so via the Relax VM), onnxruntime fp32 = the float model, int8 = qcc's QDQ export at 8 bits.",
+             "", "| model | config | qcc ms | ort fp32 ms | ort int8 ms | vs fp32 | vs int8 | kernels | exact |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['model']} | {r['config']} | {r['qcc_ms']:.3f} | {r['ort_fp32_ms']:.3f} | "
+                     f"{r['ort_int8_ms']:.3f} | {r['vs_fp32']:.2f}x | {r['vs_int8']:.2f}x | "
+                     f"{', '.join(r['kernels'])} | {'yes' if r['bit_exact'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = _args(argv)
+    os.environ["TVM_NUM_THREADS"] = str(args.threads)
+    from qcc.targets.cpu.kernels import host_target
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        rows = _example(args.repeat, args.threads, work)
+        if not args.skip_resnet:
+            rows += _resnet(args.repeat, args.threads, work)
+    doc = {"threads": args.threads, "machine": "2 cores, AMD znver4", "target": str(host_target()), "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    args.md.write_text(_markdown(doc))
+    print(_markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
