@@ -39,7 +39,7 @@ SUPPORTED = {
     "fpga": set(SCHEMES),
 }
 # Nets per cell in CI, by target (compiles for cpu and fpga take seconds each).
-DEFAULT_EXAMPLES = {"cim": 6, "cpu": 2, "fpga": 2}
+DEFAULT_EXAMPLES = {"cim": 6, "cpu": 4, "fpga": 2}
 CASES: Counter = Counter()
 
 
@@ -92,3 +92,8 @@ def _check_cell(target_name: str, scheme: str) -> None:
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_cim_equals_interpreter(scheme):
     _check_cell("cim", scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_cpu_equals_interpreter(scheme):
+    _check_cell("cpu", scheme)
