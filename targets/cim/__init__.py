@@ -80,6 +80,23 @@ class CimTarget(Target):
         rows = tuple(LayerCost(m.name, m.op, layers[m.name]) for m in mapping.layers.values())
         return CostReport(layers=rows, totals=totals, units=UNITS)
 
+    def explain(self, graph: Graph) -> dict[str, tuple[str, str]]:
+        mapping = map_graph(graph, self.arch, check=False)
+        out = {n.name: ("digital unit", "not a MAC layer: the tile's digital logic runs it on codes")
+               for n in graph.nodes}
+        for node in graph.nodes:
+            if node.op in MAC_OPS and node.name not in mapping.layers:
+                out[node.name] = ("not mapped", unmapped_reason(node))
+        for name, m in mapping.layers.items():
+            what = (f"{m.crossbars} crossbar(s): {m.rows}x{m.cols} matrix, {m.cells_per_weight} cell(s)/weight, "
+                    f"{m.adc_bits}-bit ADC")
+            why = (f"{m.encoding} encoding of {m.scheme} weights, {m.a_bits}-bit inputs bit-serial, "
+                   f"{m.row_tiles}x{m.col_tiles} tiles" + (f", {m.replicas} copies" if m.replicas > 1 else "")
+                   + (f", {m.total_positions - m.positions} cropped positions skipped"
+                      if m.positions < m.total_positions else ""))
+            out[name] = (what, why)
+        return out
+
     def lower(self, graph: Graph, out_dir: Path) -> Artifacts:
         from qcc.frontend.qir import save
 

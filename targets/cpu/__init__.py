@@ -98,6 +98,12 @@ class CpuTarget(Target):
         totals = {"word_ops": sum(c.fields["word_ops"] for c in layers), "accelerated_layers": float(len(layers))}
         return CostReport(tuple(layers), totals, {"word_ops": "64-bit AND/XNOR+popcount per sample"})
 
+    def explain(self, graph: Graph) -> dict[str, tuple[str, str]]:
+        _require_tvm()
+        from qcc.targets.cpu.module import explain_lowering
+
+        return explain_lowering(graph)
+
     def lower(self, graph: Graph, out_dir: Path) -> Artifacts:
         _require_tvm()
         from qcc.targets.cpu.module import build_module

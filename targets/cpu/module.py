@@ -47,7 +47,8 @@ from qcc.ir.quant import Bipolar, Thresholds, Uniform
 from qcc.numerics import bias_to_accumulator, integer_thresholds, quantize_multiplier
 from qcc.targets.cpu import lower_expr as lx
 
-__all__ = ["build_module", "CompiledModel", "load", "static_metadata", "sample_shape", "MODULE_FILE", "PARAMS_FILE",
+__all__ = ["build_module", "explain_lowering",
+           "CompiledModel", "load", "static_metadata", "sample_shape", "MODULE_FILE", "PARAMS_FILE",
            "METADATA_FILE", "QIR_FILE"]
 
 MODULE_FILE = "model.so"
@@ -595,6 +596,32 @@ def _relax_module(steps: list) -> tuple[object, dict[str, np.ndarray], list[dict
         plan.append({"kind": "module", "function": step.name, "inputs": [i[0] for i in step.inputs],
                      "params": keys, "outputs": [[name, kind] for name, kind, _ in step.outputs]})
     return bb.get(), params, plan
+
+
+def explain_lowering(graph: Graph) -> dict[str, tuple[str, str]]:
+    """Per node: what the module makes of it and why (for `qcc compile --explain`), without compiling."""
+    lowering = _Lowering(graph)
+    lowering.run()
+    out: dict[str, tuple[str, str]] = {}
+    for node in graph.nodes:
+        if node.name in lowering.host_nodes:
+            out[node.name] = ("host (reference integer code)",
+                              "no exact TIR rule for this node here (float island, crop or unsupported op)")
+        else:
+            out[node.name] = ("fused TIR in model.so", "element-wise / pooling rule applied on codes")
+    for k in lowering.kernels:
+        kind, _, op = k["kernel"].partition("-")
+        if kind == "int8":
+            pairs = k["a_bits"] * k["w_bits"]
+            what, why = f"int8 {op} (int32 accumulation)", (f"a{k['a_bits']} x w{k['w_bits']}: {pairs} bit-plane "
+                                                           "pairs cost more than int8 MACs (peak-rate model)")
+        elif k["bipolar"]:
+            what, why = f"XNOR-popcount {op}", "bipolar activations and weights"
+        else:
+            what, why = (f"bit-serial {op} (AND+popcount)", f"a{k['a_bits']} x w{k['w_bits']}: "
+                         f"{k['a_bits'] * k['w_bits']} bit-plane pairs are cheaper than int8 MACs (peak-rate model)")
+        out[k["node"]] = (what, why)
+    return out
 
 
 def build_module(graph: Graph, out_dir: Path) -> dict[str, Path]:
