@@ -14,11 +14,15 @@ Contract (same as kernels.py, exact):
   `int8_accumulator_fits`: 255 * 128 * reduction length < 2^31).
 
 Schedules: 16 output channels per zmm of int32, `px` output pixels x `cob` channel blocks of
-accumulators in registers, the (16 x 4) inner product meant to be tensorised to vpdpbusd on hosts
-with AVX-512 VNNI (`Int8Schedule.vnni`). TVM 0.27's tensorize crashes on that intrinsic, so today
-(VNNI_TENSORIZE_WORKS = False) every build takes the exact path: int32 multiply-adds vectorised over
-16 channels, which LLVM lowers for any x86-64 and which is far slower than VNNI (see
-bench/results/cpu.md). Not the pmaddubsw "avx512" intrinsic: it saturates int16, so it is not exact.
+accumulators in registers. On hosts with AVX-512 VNNI (`Int8Schedule.vnni`, the default there) the
+accumulating block is written directly in TIR: each step is one `llvm.x86.avx512.vpdpbusd.512`
+(`T.call_llvm_pure_intrin`, LLVM >= 20 signature <16 x i32>, <64 x i8>, <64 x i8>): 4 activation bytes
+broadcast to 16 lanes x the 16 x 4 packed weight bytes, added into 16 int32 lanes without saturation,
+so uint8 x int8 is exact. `Schedule.tensorize` is not used: with TVM 0.27 it segfaults inside the
+schedule primitive on any 16x4 dot intrinsic (VNNI_TENSORIZE_WORKS = False), while the direct
+intrinsic call compiles and runs (VNNI_WORKS = True). Hosts without VNNI (or `fallback=True`) take
+the exact portable path: int32 multiply-adds vectorised over 16 channels, far slower. Not the
+pmaddubsw "avx512" intrinsic and not vpdpbusds: they saturate, so they are not exact.
 """
 
 from __future__ import annotations
@@ -29,15 +33,19 @@ import numpy as np
 
 from qcc.targets.cpu.kernels import ConvSpec, DenseSpec, host_target
 
-__all__ = ["INT8_LANES", "VNNI_TENSORIZE_WORKS", "Int8Schedule", "int8_dense_primfunc", "int8_conv_primfunc",
-           "build_int8_dense", "build_int8_conv", "pack_int8_dense_weights", "pack_int8_conv_weights",
-           "int8_correction", "int8_weights_fit", "int8_accumulator_fits", "has_vnni", "default_int8_schedule"]
+__all__ = ["INT8_LANES", "VNNI_TENSORIZE_WORKS", "VNNI_WORKS", "Int8Schedule", "int8_dense_primfunc",
+           "int8_conv_primfunc", "build_int8_dense", "build_int8_conv", "pack_int8_dense_weights",
+           "pack_int8_conv_weights", "int8_correction", "int8_weights_fit", "int8_accumulator_fits", "has_vnni",
+           "default_int8_schedule"]
 
 INT8_LANES = 16  # int32 accumulators per zmm
 _K = 4  # products per int32 lane per vpdpbusd
-# `Schedule.tensorize` with TVM 0.27's registered "dot_16x4_vnni" intrinsic segfaults (even on a 16x64
-# matmul), so the VNNI path stays off until that is fixed; every build uses the exact int32 loop.
+# `Schedule.tensorize` with TVM 0.27 segfaults inside the primitive (TVM's "dot_16x4_vnni" and a copy
+# with the LLVM 22 operand types alike), so it is never used; the VNNI kernels call vpdpbusd directly.
 VNNI_TENSORIZE_WORKS = False
+VNNI_WORKS = True  # the direct-intrinsic VNNI kernels build, run and are exact (tests/targets/test_cpu_int8.py)
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+_MAX_ACC = 14  # zmm accumulators per tile: 14 * 64 B < 1 KiB keeps the tile on the stack (registers)
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ class Int8Schedule:
 
     px: int = 1
     cob: int = 1
-    vnni: bool = True
+    vnni: bool = True  # the vpdpbusd kernel (only where has_vnni(); otherwise the exact int32 loop)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -105,12 +113,15 @@ def _pad16(n: int) -> int:
 
 
 def default_int8_schedule(spec: DenseSpec | ConvSpec, fallback: bool = False) -> Int8Schedule:
-    vnni = VNNI_TENSORIZE_WORKS and has_vnni() and not fallback
+    vnni = VNNI_WORKS and not fallback and has_vnni()
+    blocks = _pad16(spec.n if isinstance(spec, DenseSpec) else spec.co) // INT8_LANES
     if isinstance(spec, DenseSpec):
-        return Int8Schedule(px=1, cob=max(d for d in (1, 2, 4) if (_pad16(spec.n) // INT8_LANES) % d == 0), vnni=vnni)
+        return Int8Schedule(px=1, cob=max(d for d in ((1, 2, 4, 8) if vnni else (1, 2, 4)) if blocks % d == 0),
+                            vnni=vnni)
     ow = spec.out_hw[1]
-    px = max(d for d in range(1, min(ow, 8 if vnni else 4) + 1) if ow % d == 0)
-    return Int8Schedule(px=px, cob=1, vnni=vnni)
+    px = max(d for d in range(1, min(ow, _MAX_ACC if vnni else 4) + 1) if ow % d == 0)
+    cob = max(d for d in (1, 2, 4) if blocks % d == 0 and (not vnni or px * d <= _MAX_ACC))
+    return Int8Schedule(px=px, cob=cob if vnni else 1, vnni=vnni)
 
 
 def _dense_func(spec: DenseSpec):
@@ -163,18 +174,105 @@ def _conv_func(spec: ConvSpec):
     return te.create_prim_func([x, wp, corr, out])
 
 
-def _inner(sch, blk, c, rk, first_reduce, vnni: bool) -> None:
-    """Decompose the reduction (last, as TVM requires), then vpdpbusd or a vectorised int32 multiply-add."""
-    if not vnni:
-        sch.reorder(rk, c)
-        sch.unroll(rk)
-        sch.vectorize(c)
+def _inner(sch, blk, c, rk, first_reduce) -> None:
+    """Decompose the reduction (last, as TVM requires) and vectorise the int32 multiply-add over channels."""
+    sch.reorder(rk, c)
+    sch.unroll(rk)
+    sch.vectorize(c)
     init = sch.decompose_reduction(blk, first_reduce)
     sch.vectorize(sch.get_loops(init)[-1])
-    if vnni:
-        from tvm.s_tir.tensor_intrin.x86 import VNNI_DOT_16x4_INTRIN
 
-        sch.tensorize(c, VNNI_DOT_16x4_INTRIN)
+
+def _lanes(base, stride: int, lanes: int):
+    """A ramp of `lanes` indices, or the scalar index for one lane (TIR has no 1-lane ramp)."""
+    from tvm import tirx
+
+    return base if lanes == 1 else tirx.Ramp(base, stride, lanes)
+
+
+def _vnni_dense_func(spec: DenseSpec, sched: Int8Schedule):
+    """Dense in TIR with vpdpbusd: per (row, cob blocks of 16 outputs), cob accumulators over k/4 steps."""
+    from tvm.script import tirx as T
+
+    m, k, k4, npad, cob = spec.m, spec.k, _ceil(spec.k, _K), _pad16(spec.n), sched.cob
+    nb = npad // INT8_LANES
+    nbo = nb // cob
+
+    @T.prim_func
+    def main(x: T.Buffer((m, k), "int32"), wp: T.Buffer((nb, k4, 16, 4), "int8"),
+             corr: T.Buffer((npad,), "int32"), out: T.Buffer((m, npad), "int32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        xq = T.alloc_buffer((m, k4 * 4), "uint8")
+        for i in T.serial(m):
+            for j in T.serial(k4 * 4):
+                xq[i, j] = T.if_then_else(j < k, T.Cast("uint8", x[i, T.min(j, k - 1)]), T.uint8(0))
+        for p in T.parallel(m * nbo):
+            acc = T.alloc_buffer((cob * 16,), "int32", scope="local")
+            for b in T.unroll(cob):
+                acc[T.ramp(b * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+            for r in T.serial(k4):
+                for b in T.unroll(cob):
+                    acc[T.ramp(b * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                        "int32x16", _VPDPBUSD, acc[T.ramp(b * 16, 1, 16)],
+                        T.reinterpret(T.broadcast(T.reinterpret(xq.vload([p // nbo, r * 4], "uint8x4"), dtype="int32"),
+                                                  16), dtype="uint8x64"),
+                        wp.vload([p % nbo * cob + b, r, 0, 0], "int8x64"))
+            for b in T.unroll(cob):
+                out[p // nbo, T.ramp((p % nbo * cob + b) * 16, 1, 16)] = (
+                    acc[T.ramp(b * 16, 1, 16)] + corr[T.ramp((p % nbo * cob + b) * 16, 1, 16)])
+
+    return main
+
+
+def _vnni_conv_func(spec: ConvSpec, sched: Int8Schedule):
+    """Conv2d in TIR with vpdpbusd: NHWC uint8 zero-padded input; per (image, channel-block group, row,
+    px-pixel tile) px x cob accumulators over the window x c/4 steps; then + corr into NCHW."""
+    from tvm.script import tirx as T
+
+    n, c, h, w, kh, kw = spec.n, spec.c, spec.h, spec.w, spec.kh, spec.kw
+    (oh, ow), (sh, sw), (dh, dw) = spec.out_hw, spec.strides, spec.dilations
+    c4, copad, px, cob = _ceil(c, _K), _pad16(spec.co), sched.px, sched.cob
+    nb = copad // INT8_LANES
+    nbo = nb // cob
+    per_img = nbo * oh
+    pt, pl = spec.pads[0], spec.pads[1]
+    hp, wpd = h + spec.pads[0] + spec.pads[2], w + spec.pads[1] + spec.pads[3]
+
+    @T.prim_func
+    def main(x: T.Buffer((n, c, h, w), "int32"), wp: T.Buffer((nb, kh, kw, c4, 16, 4), "int8"),
+             corr: T.Buffer((copad, oh, ow), "int32"), out: T.Buffer((n, copad, oh, ow), "int32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        xq = T.alloc_buffer((n, hp, wpd, c4 * 4), "uint8")
+        for q in T.parallel(n * hp):
+            for e in T.serial(wpd * c4 * 4):  # zero the padded row, then copy the image row without selects
+                xq[q // hp, q % hp, e // (c4 * 4), e % (c4 * 4)] = T.uint8(0)
+            if q % hp >= pt and q % hp < pt + h:
+                for ch in T.serial(c):
+                    for xs in T.serial(w):
+                        xq[q // hp, q % hp, xs + pl, ch] = T.Cast("uint8", x[q // hp, ch, q % hp - pt, xs])
+        for p in T.parallel(n * nbo * oh):
+            for xo in T.serial(ow // px):
+                acc = T.alloc_buffer((px * cob * 16,), "int32", scope="local")
+                for t in T.unroll(px * cob):
+                    acc[T.ramp(t * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                for ry in T.serial(kh):
+                    for rx in T.serial(kw):
+                        for r in T.serial(c4):
+                            for b in T.unroll(cob):
+                                for i in T.unroll(px):
+                                    acc[T.ramp((i * cob + b) * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                        "int32x16", _VPDPBUSD, acc[T.ramp((i * cob + b) * 16, 1, 16)],
+                                        T.reinterpret(T.broadcast(T.reinterpret(xq.vload(
+                                            [p // per_img, p % oh * sh + ry * dh, (xo * px + i) * sw + rx * dw, r * 4],
+                                            "uint8x4"), dtype="int32"), 16), dtype="uint8x64"),
+                                        wp.vload([p // oh % nbo * cob + b, ry, rx, r, 0, 0], "int8x64"))
+                for b in T.unroll(cob):
+                    for cc in T.unroll(16):
+                        out[p // per_img, (p // oh % nbo * cob + b) * 16 + cc, p % oh, _lanes(xo * px, 1, px)] = (
+                            acc[_lanes(b * 16 + cc, cob * 16, px)]
+                            + corr[(p // oh % nbo * cob + b) * 16 + cc, p % oh, _lanes(xo * px, 1, px)])
+
+    return main
 
 
 def _schedule_dense(func, sched: Int8Schedule):
@@ -191,7 +289,7 @@ def _schedule_dense(func, sched: Int8Schedule):
     sch.vectorize(sch.split(sch.get_loops(ob)[-1], [None, INT8_LANES])[1])
     sch.parallel(sch.fuse(m, nbo))
     sch.unroll(nbi)
-    _inner(sch, blk, c, rk, r4, sched.vnni)
+    _inner(sch, blk, c, rk, r4)
     xl = sch.get_loops(sch.get_sblock("xq"))
     sch.vectorize(sch.split(xl[-1], [None, 64])[1]) if sch.get(xl[-1]).extent.value % 64 == 0 else None
     return sch.mod
@@ -214,7 +312,7 @@ def _schedule_conv(func, spec: ConvSpec, sched: Int8Schedule):
     sch.parallel(sch.fuse(n, cbo, y))
     sch.unroll(cbi)
     sch.unroll(xi)
-    _inner(sch, blk, c, rk, ry, sched.vnni)
+    _inner(sch, blk, c, rk, ry)
     ql = sch.get_loops(sch.get_sblock("xq"))
     sch.parallel(sch.fuse(*ql[:2]))
     return sch.mod
@@ -248,7 +346,7 @@ def int8_dense_primfunc(spec: DenseSpec, sched: Int8Schedule | None = None, fall
     sched = _valid(spec, sched, fallback)
     key = ("dense", spec, sched)
     if key not in _FUNCS:
-        _FUNCS[key] = _schedule_dense(_dense_func(spec), sched)["main"]
+        _FUNCS[key] = _vnni_dense_func(spec, sched) if sched.vnni else _schedule_dense(_dense_func(spec), sched)["main"]
     return _FUNCS[key]
 
 
@@ -268,7 +366,8 @@ def int8_conv_primfunc(spec: ConvSpec, sched: Int8Schedule | None = None, fallba
     sched = _valid(spec, sched, fallback)
     key = ("conv", spec, sched)
     if key not in _FUNCS:
-        _FUNCS[key] = _schedule_conv(_conv_func(spec), spec, sched)["main"]
+        _FUNCS[key] = (_vnni_conv_func(spec, sched) if sched.vnni
+                       else _schedule_conv(_conv_func(spec), spec, sched)["main"])
     return _FUNCS[key]
 
 

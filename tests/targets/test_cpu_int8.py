@@ -1,6 +1,9 @@
 """The exact int8 TVM kernels (targets/cpu/int8.py) against numpy: acc = sum (qx - zx)(qw - zw).
 
-Tiny shapes, few hypothesis examples (each new shape compiles a kernel; builds are cached by spec).
+Both paths: the vpdpbusd (AVX-512 VNNI) kernels where the host has VNNI, and the portable int32 loop
+(`fallback=True`). Codes span the full 0..255 x -128..127 range with the extremes forced in, so a
+saturating instruction (vpdpbusds, pmaddubsw) would fail. Tiny shapes, few hypothesis examples (each
+new shape compiles a kernel; builds are cached by spec).
 """
 
 from __future__ import annotations
@@ -18,6 +21,19 @@ from qcc.targets.cpu import int8  # noqa: E402
 from qcc.targets.cpu.kernels import ConvSpec, DenseSpec, conv_correction, dense_correction  # noqa: E402
 
 SETTINGS = settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+VNNI = int8.has_vnni() and int8.VNNI_WORKS
+PATHS = [pytest.param(False, id="default"), pytest.param(True, id="fallback")]
+
+
+def _codes(rng, x_shape, w_shape):
+    """Random full-range codes with the extremes (255 x -128 and 255 x 127 runs) forced in."""
+    x, wc = rng.integers(0, 256, x_shape), rng.integers(-128, 128, w_shape)
+    x.reshape(-1)[: max(1, x.size // 3)] = 255
+    wc[0] = -128
+    wc[-1] = 127
+    return x, wc
 
 
 def _run(lib, *arrays):
@@ -72,3 +88,68 @@ def test_int8_packing_layout_and_range_checks():
     assert packed[0, 0, 1, 2] == wc[1, 2] and packed[0, 2, 0, 1] == wc[0, 9] and packed[0, 2, 0, 2] == 0
     assert int8.int8_weights_fit(np.array([-128, 127])) and not int8.int8_weights_fit(np.array([128]))
     assert int8.int8_accumulator_fits(4096) and not int8.int8_accumulator_fits(2**17)
+
+
+def _dense_check(spec, x, wc, zx, sched=None, fallback=False):
+    corr = int8.int8_correction(dense_correction(wc, zx, False))
+    out = np.zeros((spec.m, corr.shape[0]), np.int32)
+    lib = int8.build_int8_dense(spec, sched, fallback)
+    got = _run(lib, x.astype(np.int32), int8.pack_int8_dense_weights(wc), corr, out)
+    assert np.array_equal(got[:, :spec.n], (x - zx) @ wc.T)
+
+
+def _conv_check(spec, x, wc, zx, sched=None, fallback=False):
+    attrs = {"group": 1, "kernel_shape": [spec.kh, spec.kw], "strides": list(spec.strides), "pads": list(spec.pads),
+             "dilations": list(spec.dilations)}
+    corr = int8.int8_correction(conv_correction(wc, zx, False, (spec.h, spec.w), attrs))
+    out = np.zeros((spec.n, corr.shape[0], *spec.out_hw), np.int32)
+    got = _run(int8.build_int8_conv(spec, sched, fallback), x.astype(np.int32), int8.pack_int8_conv_weights(wc),
+               corr, out)
+    want = get_op("Conv").evaluate([(x - zx).astype(np.float64), wc.astype(np.float64)], attrs)[0]
+    assert np.array_equal(got[:, :spec.co], np.rint(want).astype(np.int64))
+
+
+@pytest.mark.parametrize("fallback", PATHS)
+@pytest.mark.parametrize("m,k,n,cob", [(1, 1, 1, 1), (3, 37, 33, 1), (2, 256, 64, 4), (1, 130, 128, 8)])
+def test_int8_dense_extremes_both_paths(m, k, n, cob, fallback):
+    rng = np.random.default_rng(k * n)
+    x, wc = _codes(rng, (m, k), (n, k))
+    for zx in (0, 255):
+        _dense_check(DenseSpec(m, k, n, 8, 8), x, wc, zx, int8.Int8Schedule(1, cob), fallback)
+
+
+@pytest.mark.parametrize("fallback", PATHS)
+@pytest.mark.parametrize("shape,sched", [
+    ((1, 5, 7, 9, 20, 3, 3, (2, 1), (1, 0, 0, 1), (1, 1)), (1, 2)),
+    ((2, 16, 6, 6, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1)), (6, 2)),
+    ((1, 3, 8, 8, 17, 5, 3, (1, 2), (2, 1, 2, 1), (1, 1)), (4, 1)),
+    ((1, 8, 9, 9, 16, 3, 3, (1, 1), (0, 0, 0, 0), (2, 2)), (5, 1)),
+    ((1, 64, 4, 4, 48, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1)), (2, 3)),
+])
+def test_int8_conv_extremes_shapes_strides_pads_both_paths(shape, sched, fallback):
+    n, c, h, w, co, kh, kw, strides, pads, dil = shape
+    spec = ConvSpec(n, c, h, w, co, kh, kw, 1, strides, pads, dil, 8, 8)
+    x, wc = _codes(np.random.default_rng(c * co), (n, c, h, w), (co, c, kh, kw))
+    for zx in (0, 255):
+        _conv_check(spec, x, wc, zx, int8.Int8Schedule(*sched), fallback)
+
+
+def test_int8_default_schedule_uses_vnni_exactly_when_the_host_has_it():
+    dense, conv = DenseSpec(1, 64, 64, 8, 8), ConvSpec(1, 8, 56, 56, 64, 3, 3, 1, (1, 1), (1, 1, 1, 1), (1, 1), 8, 8)
+    assert int8.default_int8_schedule(dense).vnni == VNNI and int8.default_int8_schedule(conv).vnni == VNNI
+    assert not int8.default_int8_schedule(conv, fallback=True).vnni
+    tile = int8.default_int8_schedule(conv)
+    assert 56 % tile.px == 0 and (not VNNI or tile.px * tile.cob <= 14)
+    assert not int8.VNNI_TENSORIZE_WORKS  # tensorize still segfaults in TVM 0.27; the intrinsic path is used
+
+
+@pytest.mark.skipif(not VNNI, reason="host without AVX-512 VNNI")
+def test_int8_vnni_kernel_emits_vpdpbusd_not_the_saturating_forms():
+    import tvm
+
+    spec = DenseSpec(1, 64, 32, 8, 8)
+    func = int8.int8_dense_primfunc(spec)
+    assert "vpdpbusd.512" in func.script()
+    asm = int8.build_int8_dense(spec).mod.inspect_source("asm")
+    assert "vpdpbusd" in asm and "vpdpbusds" not in asm and "vpmaddubsw" not in asm
+    assert isinstance(func, tvm.tirx.PrimFunc)
