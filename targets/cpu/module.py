@@ -471,25 +471,24 @@ class _Lowering:
         return None
 
 
-# Per-core peaks on this host class (issue 6): 1-bit AND+POPCNT MACs and int8 VNNI MACs per cycle.
+# Per-core peak of 1-bit AND+POPCNT MACs per cycle on this host class (issue 6); the int8 rate comes
+# from qcc.targets.cpu.tuning (VNNI when the host has it, else the exact int32 multiply-add kernel).
 _BITSERIAL_MACS = 324.0
-_INT8_MACS = 120.0
-# The VNNI-tensorised int8 schedules (qcc.targets.cpu.int8) crashed on this host when this module was
-# written; the exact int32 multiply-add schedule of the same kernels is used until they are fixed.
-_INT8_FALLBACK = True
+_INT8_FALLBACK = False
 
 
 def _prefer_int8(spec, wc: np.ndarray, bound: int) -> bool:
     """Whether the int8 (VNNI) kernel is exact here and cheaper than the bit-serial one (peak-rate model)."""
     from qcc.targets.cpu.int8 import int8_weights_fit
     from qcc.targets.cpu.kernels import ConvSpec
+    from qcc.targets.cpu.tuning import int8_rate
 
     conv = isinstance(spec, ConvSpec)
     if spec.bipolar or spec.a_bits > 8 or not int8_weights_fit(wc) or bound >= 2**31 or (conv and spec.group != 1):
         return False
     reduction = spec.cg * spec.kh * spec.kw if conv else spec.k
     bitserial = spec.a_bits * spec.w_bits * 64 * (spec.words * (spec.kh * spec.kw if conv else 1)) / _BITSERIAL_MACS
-    int8 = 4 * -(-(spec.cg if conv else spec.k) // 4) * (spec.kh * spec.kw if conv else 1) / _INT8_MACS
+    int8 = 4 * -(-(spec.cg if conv else spec.k) // 4) * (spec.kh * spec.kw if conv else 1) / int8_rate()
     return reduction > 0 and int8 < bitserial
 
 

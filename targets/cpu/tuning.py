@@ -25,7 +25,7 @@ from pathlib import Path
 
 from qcc.targets.cpu.kernels import ConvSchedule, ConvSpec, DenseSpec, default_conv_schedule
 
-__all__ = ["KernelChoice", "layer_key", "choose_kernel", "estimate_cycles", "load_log", "save_log", "tune",
+__all__ = ["KernelChoice", "int8_rate", "layer_key", "choose_kernel", "estimate_cycles", "load_log", "save_log", "tune",
            "BITSERIAL_MACS_PER_CYCLE", "INT8_MACS_PER_CYCLE", "INT8_EXACT_MACS_PER_CYCLE", "LOG_VERSION"]
 
 BITSERIAL_MACS_PER_CYCLE = 324.0
@@ -72,10 +72,10 @@ def _int8_eligible(spec: DenseSpec | ConvSpec) -> bool:
     return int8_accumulator_fits(spec.k)
 
 
-def _int8_rate() -> float:
-    from qcc.targets.cpu.int8 import VNNI_TENSORIZE_WORKS, has_vnni
+def int8_rate() -> float:
+    from qcc.targets.cpu.int8 import VNNI_WORKS, has_vnni
 
-    return INT8_MACS_PER_CYCLE if VNNI_TENSORIZE_WORKS and has_vnni() else INT8_EXACT_MACS_PER_CYCLE
+    return INT8_MACS_PER_CYCLE if VNNI_WORKS and has_vnni() else INT8_EXACT_MACS_PER_CYCLE
 
 
 def estimate_cycles(spec: DenseSpec | ConvSpec, kernel: str) -> float:
@@ -83,7 +83,7 @@ def estimate_cycles(spec: DenseSpec | ConvSpec, kernel: str) -> float:
     if kernel == "bitserial":
         planes = 1 if spec.bipolar else spec.a_bits * spec.w_bits
         return _macs(spec) * planes / BITSERIAL_MACS_PER_CYCLE
-    return _macs(spec) / _int8_rate()
+    return _macs(spec) / int8_rate()
 
 
 def _default_choice(spec, kernel: str, source: str, us: float | None = None) -> KernelChoice:
@@ -150,7 +150,7 @@ def _time_choice(spec, choice: KernelChoice, repeat: int) -> float:
     dev = tvm.cpu()
     dense = isinstance(spec, DenseSpec)
     if choice.kernel == "int8":
-        tile = int8.Int8Schedule(choice.px, choice.cob, False)
+        tile = int8.Int8Schedule(choice.px, choice.cob, int8.VNNI_WORKS and int8.has_vnni())
         prim = int8.int8_dense_primfunc(spec, tile) if dense else int8.int8_conv_primfunc(spec, tile)
         lib = int8.build_int8_dense(spec, tile) if dense else int8.build_int8_conv(spec, tile)
     elif dense:
