@@ -142,7 +142,23 @@ def _check_mapped(graph: Graph, mapping) -> None:
     for node in graph.nodes:
         if node.op in MAC_OPS and node.name not in mapping.layers:
             raise QccError(f"target 'cim' cannot map {node.op} '{node.name}' onto crossbars: "
-                           f"{unmapped_reason(node)}")
+                           f"{unmapped_reason(node)}; {_remedy(node, unmapped_reason(node))}")
+
+
+def _remedy(node: Node, reason: str) -> str:
+    """What would make the layer map (issue 8's diagnostics): a config line, or another target."""
+    if _is_bipolar(node):
+        return "compile for --target cpu, which runs bipolar layers as XNOR-popcount"
+    if "quantized" in reason or "per-tensor" in reason:
+        return (f"quantize it, e.g. --config with [layers.\"{node.name}\"] w_bits = 8 and a_bits = 8, "
+                f"or compile for --target cpu")
+    return "compile for --target cpu, which runs it exactly"
+
+
+def _is_bipolar(node: Node) -> bool:
+    from qcc.ir.quant import Bipolar
+
+    return any(isinstance(v.quant, Bipolar) for v in node.inputs[:2] if v is not None)
 
 
 def _plot_utilisation(layers: dict[str, dict], path: Path) -> None:
