@@ -245,7 +245,7 @@ _HOT = ("(_conv_eval)", "(slice_cells)", "(map_layer)", "calibration.py:139(add)
 def _speed_md(doc: dict) -> str:
     w, c = doc["median_wall_seconds"], doc["median_cpu_seconds"]
     names = [("python_imports", "Python imports (qcc, numpy, scipy, onnx)"), ("import", "ONNX import")]
-    names += [("pipeline_loading", "pipeline parsing + lazy pass imports (scipy.stats via qcc.quantizers)")]
+    names += [("pipeline_loading", "pipeline parsing + lazy pass imports")]
     names += [(k, f"pass {k.split(':', 1)[1]}") for k in w if k.startswith("pass:")]
     names += [("map", "map_graph"), ("cost", "graph_cost"), ("total", "**total**")]
     lines = ["### CIM compile speed: ResNet-18 (issue 5)", "",
@@ -263,12 +263,11 @@ def _speed_md(doc: dict) -> str:
     lines += ["", f"The flow takes {w['total']:.1f} s of wall time ({wall_verdict} the {GOAL_SECONDS:.0f} s goal) and "
               f"{c['total']:.1f} s of CPU time ({cpu_verdict} it) for {doc['layers_mapped']} mapped layers on "
               f"{doc['crossbars']} of the chip's {doc['chip_crossbars']} crossbars (peak RSS "
-              f"{doc['max_rss_mb']:.0f} MB); with the machine shared by several jobs the wall time is inflated, "
-              "CPU time is what an idle machine would show. Calibration (two float passes over the images, "
-              "so it grows with their number) and the mapping dominate. "
+              f"{doc['max_rss_mb']:.0f} MB); when the machine is shared, wall time is inflated and CPU time is "
+              "what an idle machine would show. Calibration (one float pass over the images, so it grows with "
+              "their number) and the mapping dominate. "
               f"Where the time goes (cProfile, share of the profiled pipeline + mapping, children included): {hot}; "
-              "the float convolution is numpy einsum (with reshape copies), run twice per image by calibrate "
-              "(statistics, then histograms).", ""]
+              "the float convolution is numpy einsum (with reshape copies).", ""]
     return "\n".join(lines)
 
 
