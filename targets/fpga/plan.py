@@ -1,19 +1,32 @@
-"""From a quantized graph to the integer plan the RTL implements: a chain of dense layers.
+"""From a quantized graph to the integer dataflow the RTL implements: streams of pixels between stages.
 
 The plan is pure numbers taken from the integer specification (qcc.integer / qcc.numerics), so the
 hardware computes exactly what the reference interpreter computes:
 
-- the graph input is quantized on the host (qcc.numerics.quantize), the design streams its codes;
-- a Gemm is a matrix-vector unit: acc = bias_acc + sum (qx - zx) * wc with wc the centred weight
-  codes and bias_acc = round_half_even(b / (sx sw)) (qcc.numerics.bias_to_accumulator);
-- after the accumulator a chain of per-channel integer post-ops follows: Relu (max with the zero
-  point), a uniform annotation (requantize: M0 * 2^-n, rounding shift half to even, zero point,
-  saturation), a thresholds annotation (comparator chain, qcc.numerics.integer_thresholds), a
-  bipolar annotation (sign); Flatten / Reshape / Identity between layers are free;
+- the graph input is quantized on the host (qcc.numerics.quantize); the design streams its codes one
+  pixel (all channels of one position, raster order) per valid/ready transfer;
+- a Gemm / MatMul / Conv is a matrix-vector unit: acc = bias_acc + sum (qx - zx) * wc with wc the
+  centred weight codes (qcc.integer.constant_value: uniform, bipolar, or the integer centroids of a
+  codebook) and bias_acc = round_half_even(b / (sx sw)). A convolution (ConvLayer) first passes a
+  sliding-window generator whose window columns are ordered (ky, kx, cin); the weight ROM uses that
+  order ([cout, kh, kw, cin] flattened). Grouped convolutions use a block-diagonal weight (zeros off
+  the groups). A Gemm on a flattened C x H x W map is a convolution whose kernel is the whole map;
+- MaxPool (a window generator padded with the lowest code, then a max per channel), GlobalAveragePool
+  (the exact sum of q - z per channel, scale s / (H*W)), Add / Sub (each operand aligned to the
+  smaller scale by a rounding shift, exactly qcc.integer._align, then added), Relu, Flatten /
+  Reshape / Identity (no-ops on the stream) are stages or post-ops of the stage producing the value;
+- after each stage a chain of per-channel integer post-ops: Relu (max with the zero point), a
+  uniform annotation (requantize: M0 * 2^-n, rounding shift half to even, zero point, saturation),
+  a thresholds annotation (comparator chain, qcc.numerics.integer_thresholds), a bipolar annotation
+  (sign). A per-channel value that the reference turns into a float island (Flatten of a per-channel
+  GlobalAveragePool result) and then quantizes becomes a threshold table found by bisection on the
+  reference function itself (qcc.numerics.step_thresholds), so it is exact;
+- a stream read by two stages passes a ForkLayer whose output FIFOs are deep enough for the other
+  branch's buffering (window rows), so a residual block cannot deadlock;
 - the last value's codes are dequantized on the host with the scale the reference uses.
 
 Every code range is tracked exactly (an interval per stage), so accumulator and stream widths are
-sized from the worst case and nothing overflows.
+sized from the worst case (weights known, input code range known) and nothing overflows.
 """
 
 from __future__ import annotations
@@ -24,14 +37,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from qcc.errors import QccError
+from qcc.integer import QTensor, constant_value, quantize_result, to_float
 from qcc.ir.graph import Graph, Node, Value
-from qcc.ir.quant import Bipolar, Thresholds, Uniform
-from qcc.numerics import bias_to_accumulator, channel_shape, integer_thresholds, quantize, quantize_multiplier
+from qcc.ir.quant import Bipolar, Codebook, Thresholds, Uniform
+from qcc.numerics import (
+    bias_to_accumulator,
+    integer_thresholds,
+    quantize_multiplier,
+    requantize,
+    step_thresholds,
+)
 
-__all__ = ["PostOp", "DenseLayer", "Plan", "plan_graph", "signed_bits", "LOWERABLE_OPS"]
+__all__ = ["PostOp", "DenseLayer", "ConvLayer", "StreamLayer", "PoolLayer", "GapLayer", "AddLayer", "ForkLayer",
+           "MapLayer", "StreamInfo", "Plan", "plan_graph", "signed_bits", "LOWERABLE_OPS"]
 
-LOWERABLE_OPS = ("Gemm", "MatMul", "Relu", "Flatten", "Reshape", "Identity")
+LOWERABLE_OPS = ("Gemm", "MatMul", "Conv", "Relu", "MaxPool", "GlobalAveragePool", "Add", "Sub", "Flatten",
+                 "Reshape", "Identity")
 _FREE_OPS = {"Flatten", "Reshape", "Identity"}
+_BIG = 2**62
 
 
 def signed_bits(lo: int, hi: int) -> int:
@@ -44,11 +67,11 @@ def signed_bits(lo: int, hi: int) -> int:
 
 @dataclass(frozen=True)
 class PostOp:
-    """One per-channel integer step after the accumulator.
+    """One per-channel integer step after a stage's core result.
 
-    kind: "relu" (params zp), "requant" (m0, n, zp, qmin, qmax), "thresholds" (table [C, T]),
-    "bipolar" (zp). Parameters are int64 vectors of length C (one per output channel).
-    lo / hi: the range of this step's output codes.
+    kind: "relu" (params zp), "requant" (m0, n, zp, centre, qmin, qmax), "thresholds" (table [C, T],
+    optional base: out = base + number of thresholds <= v), "bipolar" (zp), "centre" (zp: v - zp).
+    Parameters are int64 vectors of length C (one per channel). lo / hi: the range of the output.
     """
 
     kind: str
@@ -59,6 +82,8 @@ class PostOp:
 
 @dataclass
 class DenseLayer:
+    """A matrix-vector unit: n_out x n_in weights, PE output channels x SIMD inputs per cycle."""
+
     name: str
     n_in: int
     n_out: int
@@ -74,6 +99,10 @@ class DenseLayer:
     act_bits: int
     pe: int = 1
     simd: int = 1
+    kind: str = "dense"
+    src: tuple[str, ...] = ()  # input stream names (Plan.streams)
+    dst: str = ""  # output stream name
+    bipolar: bool = False  # weights and inputs are +-1: XNOR + popcount instead of multipliers
 
     @property
     def in_width(self) -> int:
@@ -100,8 +129,186 @@ class DenseLayer:
         return signed_bits(int(self.weights.min(initial=0)), int(self.weights.max(initial=0)))
 
     @property
+    def pixels(self) -> int:
+        """Output pixels per frame (1 for a dense layer)."""
+        return 1
+
+    @property
     def cycles(self) -> int:
-        return math.ceil(self.n_in / self.simd) * math.ceil(self.n_out / self.pe)
+        return math.ceil(self.n_in / self.simd) * math.ceil(self.n_out / self.pe) * self.pixels
+
+
+@dataclass
+class ConvLayer(DenseLayer):
+    """A convolution: a sliding-window generator (line buffers) feeding a matrix-vector unit.
+
+    n_in = kh * kw * cin (window columns ordered (ky, kx, cin)), n_out = cout; the window generator
+    keeps `window_rows` input rows of in_shape[2] pixels (in_shape[0] codes each) and pads with
+    `pad_value` (the input zero point). `windowed` is False for a 1x1 / stride 1 / unpadded conv,
+    whose window is the pixel itself (no generator).
+    """
+
+    kind: str = "conv"
+    in_shape: tuple[int, int, int] = (1, 1, 1)  # C, H, W of the input stream
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    groups: int = 1
+    pad_value: int = 0
+    stream_lo: int = 0  # range of the incoming stream (before padding widens it to [in_lo, in_hi])
+    stream_hi: int = 0
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return _out_hw(self.in_shape[1:], self.kernel, self.strides, self.pads)
+
+    @property
+    def pixels(self) -> int:
+        return self.out_hw[0] * self.out_hw[1]
+
+    @property
+    def windowed(self) -> bool:
+        return not (self.kernel == (1, 1) and self.strides == (1, 1) and not any(self.pads))
+
+    @property
+    def window_rows(self) -> int:
+        return _window_rows(self.kernel[0], self.in_shape[1])
+
+    @property
+    def buffer_bits(self) -> int:
+        """Bits of the line buffer (window_rows x W pixels) of the window generator."""
+        if not self.windowed:
+            return 0
+        return self.window_rows * self.in_shape[2] * self.in_shape[0] * signed_bits(self.stream_lo, self.stream_hi)
+
+
+@dataclass
+class StreamLayer:
+    """A stage without weights: a core computation per pixel, then per-channel post-ops.
+
+    The post-op unit handles `pe` channels per cycle (channels / pe cycles per output pixel).
+    in_lo / in_hi: the input stream's code range; acc_lo / acc_hi: the core result's range.
+    """
+
+    name: str
+    kind: str
+    channels: int
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    in_lo: int
+    in_hi: int
+    acc_lo: int
+    acc_hi: int
+    post: list[PostOp]
+    src: tuple[str, ...] = ()
+    dst: str = ""
+    pe: int = 0  # 0: all channels at once
+
+    @property
+    def lanes(self) -> int:
+        return self.pe or self.channels
+
+    @property
+    def in_width(self) -> int:
+        return signed_bits(self.in_lo, self.in_hi)
+
+    @property
+    def acc_width(self) -> int:
+        return signed_bits(self.acc_lo, self.acc_hi)
+
+    @property
+    def out_lo(self) -> int:
+        return self.post[-1].lo if self.post else self.acc_lo
+
+    @property
+    def out_hi(self) -> int:
+        return self.post[-1].hi if self.post else self.acc_hi
+
+    @property
+    def out_width(self) -> int:
+        return signed_bits(self.out_lo, self.out_hi)
+
+    @property
+    def cycles(self) -> int:
+        """Cycles per frame (the post-op unit's share; pooling windows add kh*kw reads per pixel)."""
+        return self.out_hw[0] * self.out_hw[1] * math.ceil(self.channels / self.lanes)
+
+
+@dataclass
+class PoolLayer(StreamLayer):
+    """MaxPool: a window generator padded with the lowest code, then the max per channel."""
+
+    kernel: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def window_rows(self) -> int:
+        return _window_rows(self.kernel[0], self.in_hw[0])
+
+    @property
+    def buffer_bits(self) -> int:
+        return self.window_rows * self.in_hw[1] * self.channels * self.in_width
+
+    @property
+    def cycles(self) -> int:
+        return self.out_hw[0] * self.out_hw[1] * (self.kernel[0] * self.kernel[1] + 1)
+
+
+@dataclass
+class GapLayer(StreamLayer):
+    """GlobalAveragePool: per-channel sums of q - zp over the frame (exact; the scale is s / (H*W))."""
+
+    zp: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # [C] input zero points
+
+    @property
+    def cycles(self) -> int:
+        return self.in_hw[0] * self.in_hw[1] + math.ceil(self.channels / self.lanes)
+
+
+@dataclass
+class AddLayer(StreamLayer):
+    """Add / Sub of two streams: each operand aligned (post-op chain `align[i]`), then added."""
+
+    align: tuple[list[PostOp], list[PostOp]] = ((), ())
+    in_ranges: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    subtract: bool = False
+
+
+@dataclass
+class ForkLayer(StreamLayer):
+    """A stream copied to several consumers, each output through a FIFO of fifo_depths[i] pixels."""
+
+    dsts: tuple[str, ...] = ()
+    fifo_depths: tuple[int, ...] = ()
+
+    @property
+    def fifo_bits(self) -> int:
+        return sum(self.fifo_depths) * self.channels * self.in_width
+
+
+@dataclass
+class MapLayer(StreamLayer):
+    """Post-ops only (a Relu or an annotation on a value that is also read elsewhere)."""
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A hardware stream: frames of h x w pixels, `channels` codes of `width` bits each."""
+
+    channels: int
+    h: int
+    w: int
+    lo: int
+    hi: int
+
+    @property
+    def width(self) -> int:
+        return signed_bits(self.lo, self.hi)
+
+    @property
+    def pixels(self) -> int:
+        return self.h * self.w
 
 
 @dataclass
@@ -109,25 +316,60 @@ class Plan:
     input_name: str
     input_spec: Uniform
     output_name: str
-    layers: list[DenseLayer]
-    out_scale: np.ndarray  # per output channel, float64
-    out_zp: np.ndarray  # per output channel, int64
+    layers: list[DenseLayer]  # the matrix-vector layers (dense and conv), the ones with PE / SIMD
+    out_scale: np.ndarray  # per output element (graph order, C*H*W), float64
+    out_zp: np.ndarray  # per output element, int64
     out_dtype: str = "float32"
+    stages: list = field(default_factory=list)  # every stage in dataflow order (layers included)
+    streams: dict[str, StreamInfo] = field(default_factory=dict)
+    input_stream: str = "in"
+    output_stream: str = ""
 
+    @property
+    def in_info(self) -> StreamInfo:
+        return self.streams[self.input_stream]
+
+    @property
+    def out_info(self) -> StreamInfo:
+        return self.streams[self.output_stream]
+
+
+def _out_hw(hw, kernel, strides, pads) -> tuple[int, int]:
+    return ((hw[0] + pads[0] + pads[2] - kernel[0]) // strides[0] + 1,
+            (hw[1] + pads[1] + pads[3] - kernel[1]) // strides[1] + 1)
+
+
+def _window_rows(kh: int, h: int) -> int:
+    """Line-buffer rows: a power of two above kh (cheap modulo), or the whole map when that is smaller."""
+    rows = 1 << (kh).bit_length()
+    return h if rows >= h else rows
+
+
+# ------------------------------------------------------------------------------ planning state
 
 @dataclass
 class _Stream:
-    """What the reference knows about a value: per-channel scale / zero point and code range."""
+    """What the reference knows about a value: per-channel scale / zero point, code range, layout."""
 
-    scale: np.ndarray  # [C] float64 (or [1] for per tensor)
-    zp: np.ndarray  # [C] int64 (or [1])
+    scale: np.ndarray  # [C] float64
+    zp: np.ndarray  # [C] int64
     lo: int
     hi: int
     width: int  # channels
+    hw: tuple[int, int] = (1, 1)
+    flat: bool = False  # the logical tensor is the C x H x W map flattened (CHW order)
+    binary: bool = False  # every code is -1 or +1 (a bipolar annotation)
 
     @property
     def per_tensor(self) -> bool:
         return np.ptp(self.scale) == 0 and np.ptp(self.zp) == 0
+
+
+@dataclass
+class _Ref:
+    stream: _Stream
+    stage: object | None  # None: the graph input
+    hw_name: str  # the hardware stream carrying the value
 
 
 def _unsupported(node: Node, why: str) -> QccError:
@@ -145,59 +387,7 @@ def _spec_vectors(spec, n: int) -> tuple[np.ndarray, np.ndarray]:
     return scale, zp
 
 
-def _weights(node: Node, w: Value) -> tuple[np.ndarray, np.ndarray, int]:
-    """Centred weight codes [out, in], per-output-channel weight scales, weight bits."""
-    spec = w.quant
-    data = np.asarray(w.data, dtype=np.float64)
-    if data.ndim != 2:
-        raise _unsupported(node, "the weight must be a 2-D constant")
-    trans = node.op == "Gemm" and node.attrs.get("transB", 0)
-    mat = data if trans else data.T  # [out, in]
-    w_axis = 0 if trans else 1
-    if isinstance(spec, Bipolar):
-        codes = np.where(mat >= 0, 1, -1).astype(np.int64)
-        scale = np.asarray(spec.scale, np.float64).reshape(-1)
-        return codes, _vec(scale, mat.shape[0], np.float64), 1
-    if not isinstance(spec, Uniform):
-        raise _unsupported(node, f"weights must be uniform or bipolar, not {getattr(spec, 'scheme', 'float')}")
-    scale = np.asarray(spec.scale, np.float64).reshape(-1)
-    if spec.axis is not None and (spec.axis != w_axis or scale.size not in (1, mat.shape[0])):
-        raise _unsupported(node, "per-channel weight quantization must be along the output channels")
-    zp = np.asarray(spec.zero_point, np.int64).reshape(channel_shape(2, spec.axis, np.size(spec.zero_point)))
-    centred = quantize(data.astype(np.float32), spec) - zp
-    centred = centred if trans else centred.T
-    return centred.astype(np.int64), _vec(scale, mat.shape[0], np.float64), spec.bits
-
-
-def _dense(node: Node, stream: _Stream) -> tuple[DenseLayer, _Stream]:
-    if node.op == "Gemm" and (node.attrs["alpha"] != 1.0 or node.attrs["beta"] != 1.0 or node.attrs["transA"]):
-        raise _unsupported(node, "alpha, beta must be 1 and transA 0")
-    w = node.inputs[1]
-    if not w.is_constant:
-        raise _unsupported(node, "the weight must be a constant")
-    if not stream.per_tensor:
-        raise _unsupported(node, "the input activation must be quantized per tensor")
-    wc, w_scale, w_bits = _weights(node, w)
-    n_out, n_in = wc.shape
-    if n_in != stream.width:
-        raise _unsupported(node, f"expects {n_in} inputs, the stream carries {stream.width}")
-    acc_scale = float(stream.scale[0]) * w_scale
-    bias = np.zeros(n_out, np.int64)
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        b = node.inputs[2]
-        if not b.is_constant or b.quant is not None:
-            raise _unsupported(node, "the bias must be a float constant")
-        bias = bias_to_accumulator(np.broadcast_to(np.asarray(b.data, np.float64).reshape(-1), (n_out,)), acc_scale)
-    zx = int(stream.zp[0])
-    xlo, xhi = stream.lo - zx, stream.hi - zx
-    lo = bias + np.minimum(wc * xlo, wc * xhi).sum(axis=1)
-    hi = bias + np.maximum(wc * xlo, wc * xhi).sum(axis=1)
-    layer = DenseLayer(name=node.name, n_in=n_in, n_out=n_out, weights=wc, bias=bias, in_zp=zx,
-                       in_lo=stream.lo, in_hi=stream.hi, acc_lo=int(lo.min()), acc_hi=int(hi.max()),
-                       post=[], weight_bits=w_bits, act_bits=signed_bits(stream.lo, stream.hi))
-    out = _Stream(scale=acc_scale, zp=np.zeros(n_out, np.int64), lo=layer.acc_lo, hi=layer.acc_hi, width=n_out)
-    return layer, out
-
+# ------------------------------------------------------------------------------ post-ops
 
 def _requant(node: Node, stream: _Stream, spec: Uniform) -> tuple[PostOp, _Stream]:
     c = stream.width
@@ -208,7 +398,7 @@ def _requant(node: Node, stream: _Stream, spec: Uniform) -> tuple[PostOp, _Strea
     params = {"m0": np.array([p[0] for p in pairs], np.int64), "n": np.array([p[1] for p in pairs], np.int64),
               "zp": out_zp, "centre": stream.zp.copy()}
     op = PostOp("requant", params, lo=spec.qmin, hi=spec.qmax)
-    return op, _Stream(out_scale, out_zp, spec.qmin, spec.qmax, c)
+    return op, _Stream(out_scale, out_zp, spec.qmin, spec.qmax, c, stream.hw, stream.flat)
 
 
 def _threshold_op(node: Node, stream: _Stream, spec: Thresholds) -> tuple[PostOp, _Stream]:
@@ -225,7 +415,15 @@ def _threshold_op(node: Node, stream: _Stream, spec: Thresholds) -> tuple[PostOp
     table = np.clip(table, stream.lo, stream.hi + 1)  # beyond the input range: always / never reached
     levels = table.shape[1]
     op = PostOp("thresholds", {"table": table}, lo=0, hi=levels)
-    return op, _Stream(_vec(spec.out_scale, c, np.float64), np.full(c, -int(ratio), np.int64), 0, levels, c)
+    return op, _Stream(_vec(spec.out_scale, c, np.float64), np.full(c, -int(ratio), np.int64), 0, levels, c,
+                       stream.hw, stream.flat)
+
+
+def _bipolar_op(stream: _Stream, spec: Bipolar) -> tuple[PostOp, _Stream]:
+    c = stream.width
+    op = PostOp("bipolar", {"zp": stream.zp.copy()}, lo=-1, hi=1)
+    return op, _Stream(_vec(spec.scale, c, np.float64), np.zeros(c, np.int64), -1, 1, c, stream.hw, stream.flat,
+                       True)
 
 
 def _annotation(node: Node, value: Value, stream: _Stream) -> tuple[PostOp | None, _Stream]:
@@ -239,11 +437,409 @@ def _annotation(node: Node, value: Value, stream: _Stream) -> tuple[PostOp | Non
     if isinstance(spec, Thresholds):
         return _threshold_op(node, stream, spec)
     if isinstance(spec, Bipolar):
-        c = stream.width
-        op = PostOp("bipolar", {"zp": stream.zp.copy()}, lo=-1, hi=1)
-        return op, _Stream(_vec(spec.scale, c, np.float64), np.zeros(c, np.int64), -1, 1, c)
+        return _bipolar_op(stream, spec)
     raise _unsupported(node, f"a {spec.scheme} annotation on an activation")
 
+
+def _float_island_op(node: Node, value: Value, stream: _Stream) -> tuple[PostOp, _Stream]:
+    """A per-channel value dequantized to float then quantized by `value`'s annotation, as thresholds.
+
+    The reference (qcc.integer) computes float32((q - z) * s) then quantizes it; that is a
+    non-decreasing step function of q per channel, so bisection on the reference itself gives
+    integer thresholds reproducing it on every code of the stream's range.
+    """
+    spec = value.quant
+    c = stream.width
+    if isinstance(spec, Bipolar):  # sign of s (q - z) with s > 0 is the sign of q - z
+        return _bipolar_op(stream, spec)
+    if not isinstance(spec, Uniform) or spec.axis is not None:
+        raise _unsupported(node, "a per-channel value turned to float needs a per-tensor uniform annotation")
+    scale = stream.scale.reshape(c, 1)
+    zp = stream.zp.reshape(c, 1)
+
+    def levels(q: np.ndarray) -> np.ndarray:
+        real = to_float(QTensor(q, scale, zp))
+        return np.asarray(quantize_result(real, spec).q) - spec.qmin
+
+    lo = np.full(c, stream.lo, np.int64)
+    hi = np.full(c, stream.hi, np.int64)
+    table = step_thresholds(levels, lo, hi, spec.qmax - spec.qmin)
+    table = np.where(np.isneginf(table), stream.lo, np.where(np.isposinf(table), stream.hi + 1, table))
+    op = PostOp("thresholds", {"table": table.astype(np.int64), "base": np.full(c, spec.qmin, np.int64)},
+                lo=spec.qmin, hi=spec.qmax)
+    out_scale, out_zp = _spec_vectors(spec, c)
+    return op, _Stream(out_scale, out_zp, spec.qmin, spec.qmax, c, stream.hw, stream.flat)
+
+
+def _relu_op(stream: _Stream) -> tuple[PostOp, _Stream]:
+    op = PostOp("relu", {"zp": stream.zp.copy()}, lo=max(stream.lo, int(stream.zp.min())),
+                hi=max(stream.hi, int(stream.zp.max())))
+    return op, _Stream(stream.scale, stream.zp, op.lo, op.hi, stream.width, stream.hw, stream.flat)
+
+
+# ------------------------------------------------------------------------------ weights
+
+def _weight_codes(node: Node, w: Value) -> tuple[np.ndarray, np.ndarray, int]:
+    """Centred weight codes (as qcc.integer sees them), weight scales per output channel, bits."""
+    spec = w.quant
+    if not isinstance(spec, Uniform | Bipolar | Codebook):
+        raise _unsupported(node, "the weight must be quantized (uniform, bipolar or codebook)")
+    qt = constant_value(w)
+    bits = 1 if isinstance(spec, Bipolar) else int(getattr(spec, "bits", 0) or 0)
+    return qt.centred(), np.asarray(qt.scale, np.float64), bits
+
+
+def _scale_vector(scale: np.ndarray, axis: int, n: int, node: Node) -> np.ndarray:
+    if scale.size == 1:
+        return np.full(n, float(scale.reshape(-1)[0]))
+    if scale.ndim <= axis or scale.shape[axis] != n:
+        raise _unsupported(node, "per-channel weight quantization must be along the output channels")
+    return np.moveaxis(scale, axis, 0).reshape(n, -1)[:, 0].astype(np.float64)
+
+
+def _bias(node: Node, n_out: int, acc_scale: np.ndarray) -> np.ndarray:
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return np.zeros(n_out, np.int64)
+    b = node.inputs[2]
+    if not b.is_constant:
+        raise _unsupported(node, "the bias must be a constant")
+    data = to_float(constant_value(b), np.float64).reshape(-1)
+    if data.size not in (1, n_out):
+        raise _unsupported(node, f"a bias of {data.size} values for {n_out} outputs")
+    return bias_to_accumulator(np.broadcast_to(data, (n_out,)), acc_scale)
+
+
+def _acc_range(wc: np.ndarray, bias: np.ndarray, xlo: int, xhi: int) -> tuple[int, int]:
+    wo = wc.astype(object)
+    lo = bias.astype(object) + np.minimum(wo * xlo, wo * xhi).sum(axis=1)
+    hi = bias.astype(object) + np.maximum(wo * xlo, wo * xhi).sum(axis=1)
+    return int(lo.min()), int(hi.max())
+
+
+# ------------------------------------------------------------------------------ the builder
+
+class _Builder:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.stages: list = []
+        self.macs: list[DenseLayer] = []
+        self.env: dict[str, _Ref] = {}
+        self.streams: dict[str, StreamInfo] = {}
+        self.current: dict[int, str] = {}  # id(stage) -> the graph value at its output
+
+    # -------------------------------------------------------------- helpers
+    def ref(self, node: Node, value: Value) -> _Ref:
+        r = self.env.get(value.name)
+        if r is None:
+            raise _unsupported(node, f"input '{value.name}' is not a quantized stream (a float island?)")
+        return r
+
+    def add_stage(self, stage, value: Value, stream: _Stream) -> None:
+        stage.dst = f"s{len(self.stages)}"
+        self.stages.append(stage)
+        self.current[id(stage)] = value.name
+        self.env[value.name] = _Ref(stream, stage, stage.dst)
+
+    def absorbable(self, value: Value, r: _Ref) -> bool:
+        """A post-op on `value` may join its producing stage (nothing else reads the value)."""
+        return (r.stage is not None and self.current.get(id(r.stage)) == value.name and len(value.uses) == 1
+                and not self.graph.is_output(value))
+
+    def post(self, node: Node, value: Value, op: PostOp, stream: _Stream, out: Value) -> None:
+        """Apply post-op `op` to `value`, giving `out` (joins the producer, or a new map stage)."""
+        r = self.ref(node, value)
+        if self.absorbable(value, r):
+            r.stage.post.append(op)
+            self.current[id(r.stage)] = out.name
+            self.env[out.name] = _Ref(stream, r.stage, r.hw_name)
+            return
+        s = r.stream
+        stage = MapLayer(name=node.name, kind="map", channels=s.width, in_hw=s.hw, out_hw=s.hw, in_lo=s.lo,
+                         in_hi=s.hi, acc_lo=s.lo, acc_hi=s.hi, post=[op], src=(r.hw_name,))
+        self.add_stage(stage, out, stream)
+
+    def annotate(self, node: Node, out: Value) -> None:
+        r = self.env[out.name]
+        op, stream = _annotation(node, out, r.stream)
+        if op is not None:
+            r.stage.post.append(op)
+            self.env[out.name] = _Ref(stream, r.stage, r.hw_name)
+
+    # -------------------------------------------------------------- ops
+    def node(self, node: Node) -> None:
+        out = node.outputs[0]
+        op = node.op
+        if op in ("Gemm", "MatMul", "Conv"):
+            self.mac(node)
+        elif op == "Relu":
+            x = node.inputs[0]
+            relu, stream = _relu_op(self.ref(node, x).stream)
+            self.post(node, x, relu, stream, out)
+        elif op in _FREE_OPS:
+            self.free(node)
+            return
+        elif op == "MaxPool":
+            self.maxpool(node)
+        elif op == "GlobalAveragePool":
+            self.gap(node)
+        elif op in ("Add", "Sub"):
+            self.add(node)
+        else:
+            raise _unsupported(node, f"the op is not supported (supported: {', '.join(LOWERABLE_OPS)})")
+        self.annotate(node, out)
+
+    def free(self, node: Node) -> None:
+        """Flatten / Reshape / Identity: the same codes on the stream (the layout is only a view)."""
+        x, out = node.inputs[0], node.outputs[0]
+        r = self.ref(node, x)
+        s = r.stream
+        shape = out.type.shape
+        if len(shape) not in (2, 4) or (len(shape) == 4 and tuple(shape[1:]) != (s.width, *s.hw)):
+            raise _unsupported(node, "only flattening a C x H x W map (or keeping its shape) is supported")
+        stream = _Stream(s.scale, s.zp, s.lo, s.hi, s.width, s.hw, len(shape) == 2 or s.flat, s.binary)
+        if not s.per_tensor and node.op != "Identity":  # the reference turns this into a float island
+            if out.quant is None:
+                raise _unsupported(node, "reshaping a per-channel stream without an annotation (a float result)")
+            op, stream = _float_island_op(node, out, stream)
+            self.post(node, x, op, stream, out)
+            return
+        op, annotated = _annotation(node, out, stream)
+        if op is not None:
+            self.post(node, x, op, annotated, out)
+            return
+        if self.absorbable(x, r):
+            self.current[id(r.stage)] = out.name
+        self.env[out.name] = _Ref(stream, r.stage, r.hw_name)
+
+    def mac(self, node: Node) -> None:
+        x, w = node.inputs[0], node.inputs[1]
+        if not w.is_constant:
+            raise _unsupported(node, "the weight must be a constant")
+        r = self.ref(node, x)
+        s = r.stream
+        if not s.per_tensor:
+            raise _unsupported(node, "the input activation must be quantized per tensor")
+        wc, w_scale, w_bits = _weight_codes(node, w)
+        if node.op == "Conv":
+            layer = self._conv(node, s, wc, w_scale)
+        else:
+            layer = self._dense(node, s, wc, w_scale)
+        layer.weight_bits = w_bits
+        layer.src = (r.hw_name,)
+        layer.bipolar = isinstance(w.quant, Bipolar) and s.binary and not (isinstance(layer, ConvLayer)
+                                                                          and any(layer.pads))
+        acc_scale = float(s.scale[0]) * self._w_scale
+        stream = _Stream(acc_scale, np.zeros(layer.n_out, np.int64), layer.acc_lo, layer.acc_hi, layer.n_out,
+                         layer.out_hw if isinstance(layer, ConvLayer) else (1, 1), node.op != "Conv")
+        self.macs.append(layer)
+        self.add_stage(layer, node.outputs[0], stream)
+
+    def _dense(self, node: Node, s: _Stream, wc: np.ndarray, w_scale: np.ndarray) -> DenseLayer:
+        if node.op == "Gemm" and (node.attrs["alpha"] != 1.0 or node.attrs["beta"] != 1.0 or node.attrs["transA"]):
+            raise _unsupported(node, "alpha, beta must be 1 and transA 0")
+        if wc.ndim != 2:
+            raise _unsupported(node, "the weight must be a 2-D constant")
+        trans = node.op == "Gemm" and node.attrs.get("transB", 0)
+        mat = wc if trans else wc.T  # [out, in]
+        n_out, n_in = mat.shape
+        self._w_scale = _scale_vector(w_scale, 0 if trans else 1, n_out, node)
+        c, (h, w_) = s.width, s.hw
+        if n_in != c * h * w_:
+            raise _unsupported(node, f"expects {n_in} inputs, the stream carries {c * h * w_}")
+        acc_scale = float(s.scale[0]) * self._w_scale
+        bias = _bias(node, n_out, acc_scale)
+        zx = int(s.zp[0])
+        if (h, w_) != (1, 1):  # a dense layer on a flattened map: a convolution with the map as kernel
+            kernel = mat.reshape(n_out, c, h, w_)
+            return self._conv_layer(node, s, kernel, bias, (h, w_), (1, 1), (0, 0, 0, 0), 1)
+        acc_lo, acc_hi = _acc_range(mat, bias, s.lo - zx, s.hi - zx)
+        return DenseLayer(name=node.name, n_in=n_in, n_out=n_out, weights=mat.astype(np.int64), bias=bias,
+                          in_zp=zx, in_lo=s.lo, in_hi=s.hi, acc_lo=acc_lo, acc_hi=acc_hi, post=[], weight_bits=0,
+                          act_bits=signed_bits(s.lo, s.hi))
+
+    def _conv(self, node: Node, s: _Stream, wc: np.ndarray, w_scale: np.ndarray) -> ConvLayer:
+        a = node.attrs
+        if wc.ndim != 4 or s.flat:
+            raise _unsupported(node, "only 2-D convolutions on N x C x H x W maps are supported")
+        if any(int(d) != 1 for d in a.get("dilations") or (1, 1)):
+            raise _unsupported(node, "dilations other than 1")
+        groups = int(a.get("group", 1))
+        cout, cin_g, kh, kw = wc.shape
+        if cin_g * groups != s.width or cout % groups:
+            raise _unsupported(node, f"weights for {cin_g * groups} input channels, the stream carries {s.width}")
+        self._w_scale = _scale_vector(w_scale, 0, cout, node)
+        acc_scale = float(s.scale[0]) * self._w_scale
+        bias = _bias(node, cout, acc_scale)
+        full = np.zeros((cout, s.width, kh, kw), np.int64)  # block-diagonal for groups > 1
+        per = cout // groups
+        for g in range(groups):
+            full[g * per:(g + 1) * per, g * cin_g:(g + 1) * cin_g] = wc[g * per:(g + 1) * per]
+        pads = tuple(int(p) for p in (a.get("pads") or (0, 0, 0, 0)))
+        strides = tuple(int(v) for v in (a.get("strides") or (1, 1)))
+        return self._conv_layer(node, s, full, bias, (kh, kw), strides, pads, groups)
+
+    def _conv_layer(self, node, s: _Stream, kernel: np.ndarray, bias, ksize, strides, pads, groups) -> ConvLayer:
+        cout = kernel.shape[0]
+        mat = kernel.transpose(0, 2, 3, 1).reshape(cout, -1)  # im2col columns (ky, kx, cin)
+        zx = int(s.zp[0])
+        lo, hi = (min(s.lo, zx), max(s.hi, zx)) if any(pads) else (s.lo, s.hi)
+        acc_lo, acc_hi = _acc_range(mat, bias, lo - zx, hi - zx)
+        (oh, ow) = _out_hw(s.hw, ksize, strides, (pads[0], pads[1], pads[2], pads[3]))
+        if oh < 1 or ow < 1:
+            raise _unsupported(node, "the kernel is larger than the padded input")
+        return ConvLayer(name=node.name, n_in=mat.shape[1], n_out=cout, weights=mat.astype(np.int64), bias=bias,
+                         in_zp=zx, in_lo=lo, in_hi=hi, acc_lo=acc_lo, acc_hi=acc_hi, post=[], weight_bits=0,
+                         act_bits=signed_bits(s.lo, s.hi), in_shape=(s.width, *s.hw), kernel=tuple(ksize),
+                         strides=tuple(strides), pads=tuple(pads), groups=groups, pad_value=zx, stream_lo=s.lo,
+                         stream_hi=s.hi)
+
+    def maxpool(self, node: Node) -> None:
+        a = node.attrs
+        x = node.inputs[0]
+        r = self.ref(node, x)
+        s = r.stream
+        if s.flat or len(a["kernel_shape"]) != 2:
+            raise _unsupported(node, "only 2-D pooling on N x C x H x W maps is supported")
+        if a.get("ceil_mode", 0) or any(int(d) != 1 for d in a.get("dilations") or (1, 1)):
+            raise _unsupported(node, "ceil_mode and dilations are not supported")
+        kernel = tuple(int(k) for k in a["kernel_shape"])
+        strides = tuple(int(v) for v in (a.get("strides") or (1, 1)))
+        pads = tuple(int(p) for p in (a.get("pads") or (0, 0, 0, 0)))
+        out_hw = _out_hw(s.hw, kernel, strides, pads)
+        stage = PoolLayer(name=node.name, kind="maxpool", channels=s.width, in_hw=s.hw, out_hw=out_hw, in_lo=s.lo,
+                          in_hi=s.hi, acc_lo=s.lo, acc_hi=s.hi, post=[], src=(r.hw_name,), kernel=kernel,
+                          strides=strides, pads=pads)
+        out = _Stream(s.scale, s.zp, s.lo, s.hi, s.width, out_hw, False, s.binary)
+        self.add_stage(stage, node.outputs[0], out)
+
+    def gap(self, node: Node) -> None:
+        x = node.inputs[0]
+        r = self.ref(node, x)
+        s = r.stream
+        if s.flat:
+            raise _unsupported(node, "needs an N x C x H x W map")
+        count = s.hw[0] * s.hw[1]
+        lo = int(np.min(count * (s.lo - s.zp)))
+        hi = int(np.max(count * (s.hi - s.zp)))
+        stage = GapLayer(name=node.name, kind="gap", channels=s.width, in_hw=s.hw, out_hw=(1, 1), in_lo=s.lo,
+                         in_hi=s.hi, acc_lo=lo, acc_hi=hi, post=[], src=(r.hw_name,), pe=1, zp=s.zp.copy())
+        out = _Stream(s.scale / count, np.zeros(s.width, np.int64), lo, hi, s.width)
+        self.add_stage(stage, node.outputs[0], out)
+
+    def add(self, node: Node) -> None:
+        xs = [v for v in node.inputs if v is not None]
+        if len(xs) != 2:
+            raise _unsupported(node, "needs two operands")
+        refs = [self.ref(node, v) for v in xs]
+        a, b = refs[0].stream, refs[1].stream
+        if a.width != b.width or a.hw != b.hw or a.flat != b.flat:
+            raise _unsupported(node, "operands of different shapes (broadcasting is not supported)")
+        scale = np.minimum(a.scale, b.scale)
+        aligns, ranges, lo, hi = [], [], [], []
+        for s in (a, b):
+            chain, (vlo, vhi) = _align_chain(s, scale)
+            aligns.append(chain)
+            ranges.append((s.lo, s.hi))
+            lo.append(vlo)
+            hi.append(vhi)
+        sub = node.op == "Sub"
+        acc_lo = lo[0] - hi[1] if sub else lo[0] + lo[1]
+        acc_hi = hi[0] - lo[1] if sub else hi[0] + hi[1]
+        stage = AddLayer(name=node.name, kind="add", channels=a.width, in_hw=a.hw, out_hw=a.hw,
+                         in_lo=min(a.lo, b.lo), in_hi=max(a.hi, b.hi), acc_lo=acc_lo, acc_hi=acc_hi, post=[],
+                         src=(refs[0].hw_name, refs[1].hw_name), align=(aligns[0], aligns[1]),
+                         in_ranges=(ranges[0], ranges[1]), subtract=sub)
+        out = _Stream(scale, np.zeros(a.width, np.int64), acc_lo, acc_hi, a.width, a.hw, a.flat)
+        self.add_stage(stage, node.outputs[0], out)
+
+
+def _align_chain(s: _Stream, scale: np.ndarray) -> tuple[list[PostOp], tuple[int, int]]:
+    """q - z brought to `scale` exactly as qcc.integer._align: a rounding-shift requantization."""
+    ratio = s.scale / scale
+    lo_c = np.full(s.width, s.lo, np.int64) - s.zp
+    hi_c = np.full(s.width, s.hi, np.int64) - s.zp
+    if np.all(ratio == 1.0):
+        return [PostOp("centre", {"zp": s.zp.copy()}, lo=int(lo_c.min()), hi=int(hi_c.max()))], \
+            (int(lo_c.min()), int(hi_c.max()))
+    pairs = [quantize_multiplier(float(m)) for m in ratio]
+    m0 = np.array([p[0] for p in pairs], np.int64)
+    n = np.array([p[1] for p in pairs], np.int64)
+    if np.any(n < 0):
+        raise QccError("fpga target: an Add operand needs a scale ratio >= 2^31")
+    rlo = int(requantize(lo_c, m0, n, 0, -_BIG, _BIG).min())
+    rhi = int(requantize(hi_c, m0, n, 0, -_BIG, _BIG).max())
+    op = PostOp("requant", {"m0": m0, "n": n, "zp": np.zeros(s.width, np.int64), "centre": s.zp.copy()},
+                lo=rlo, hi=rhi)
+    return [op], (rlo, rhi)
+
+
+# ------------------------------------------------------------------------------ forks and FIFOs
+
+def _capacity(stage) -> int:
+    """Pixels a stage can hold between taking an input pixel and giving the matching output."""
+    if isinstance(stage, ConvLayer) and stage.windowed:
+        return (stage.window_rows + 1) * stage.in_shape[2] + 4
+    if isinstance(stage, PoolLayer):
+        return (stage.window_rows + 1) * stage.in_hw[1] + 4
+    if isinstance(stage, ForkLayer):
+        return max(stage.fifo_depths) + 2
+    return 4
+
+
+def _insert_forks(stages: list, streams: dict[str, StreamInfo], output: str) -> list:
+    readers: dict[str, list] = {}
+    for st in stages:
+        for i, name in enumerate(st.src):
+            readers.setdefault(name, []).append((st, i))
+    out: list = []
+    forks: dict[str, ForkLayer] = {}
+    for name, users in readers.items():
+        if len(users) < 2 and name != output:
+            continue
+        if name == output:
+            raise QccError("fpga target: the graph output is also read by another layer")
+        info = streams[name]
+        dsts = tuple(f"{name}_f{k}" for k in range(len(users)))
+        fork = ForkLayer(name=f"fork_{name}", kind="fork", channels=info.channels, in_hw=(info.h, info.w),
+                         out_hw=(info.h, info.w), in_lo=info.lo, in_hi=info.hi, acc_lo=info.lo, acc_hi=info.hi,
+                         post=[], src=(name,), dst=dsts[0], dsts=dsts, fifo_depths=(2,) * len(users))
+        for (st, i), d in zip(users, dsts):
+            st.src = tuple(d if k == i else s for k, s in enumerate(st.src))
+            streams[d] = info
+        forks[name] = fork
+    for st in stages:
+        out.append(st)
+        dsts = st.dsts if isinstance(st, ForkLayer) else (st.dst,)
+        for d in dsts:
+            if d in forks:
+                out.append(forks[d])
+    for fork in forks.values():
+        fork.fifo_depths = tuple(_fifo_depth(out, fork, d) for d in fork.dsts)
+    return out
+
+
+def _fifo_depth(stages: list, fork: ForkLayer, dst: str) -> int:
+    """Depth for the branch `dst`: the buffering of the other branches up to where they join."""
+    other = [d for d in fork.dsts if d != dst]
+    if not other:
+        return 2
+    need = max(_branch_capacity(stages, d) for d in other)
+    return 1 << max(1, (need + 2 - 1).bit_length())
+
+
+def _branch_capacity(stages: list, start: str, depth: int = 0) -> int:
+    """Pixels held along the chain of single-input stages from stream `start` (stops at a join)."""
+    total, name = 0, start
+    for _ in range(len(stages)):
+        nxt = next((st for st in stages if name in st.src), None)
+        if nxt is None or len(nxt.src) > 1:
+            return total
+        total += _capacity(nxt)
+        name = nxt.dsts[0] if isinstance(nxt, ForkLayer) else nxt.dst
+    return total
+
+
+# ------------------------------------------------------------------------------ entry point
 
 def _input_stream(graph: Graph) -> tuple[Value, _Stream]:
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
@@ -252,51 +848,55 @@ def _input_stream(graph: Graph) -> tuple[Value, _Stream]:
     if not isinstance(x.quant, Uniform) or x.quant.axis is not None:
         raise QccError(f"fpga target: input '{x.name}' must carry a per-tensor uniform annotation "
                        "(run the quantize pass first)")
-    width = int(np.prod([d for d in x.type.shape[1:]]))
+    shape = x.type.shape
+    if any(not isinstance(d, int) for d in shape[1:]):
+        raise QccError(f"fpga target: input '{x.name}' has symbolic feature dimensions")
     spec = x.quant
-    return x, _Stream(np.array([spec.scale], np.float64), np.array([spec.zero_point], np.int64),
-                      spec.qmin, spec.qmax, width)
+    if len(shape) == 4:
+        c, hw, flat = shape[1], (shape[2], shape[3]), False
+    elif len(shape) == 2:
+        c, hw, flat = shape[1], (1, 1), True
+    else:
+        raise QccError(f"fpga target: input '{x.name}' must be N x C or N x C x H x W")
+    return x, _Stream(np.full(c, spec.scale, np.float64), np.full(c, spec.zero_point, np.int64),
+                      spec.qmin, spec.qmax, c, hw, flat)
 
 
-def _check_chain(graph: Graph) -> None:
+def _check_nodes(graph: Graph) -> None:
     for node in graph.nodes:
         if node.op not in LOWERABLE_OPS:
             raise _unsupported(node, f"the op is not supported (supported: {', '.join(LOWERABLE_OPS)})")
-        acts = [v for v in node.inputs if v is not None and not v.is_constant]
-        if len(acts) != 1 or len(node.outputs) != 1:
-            raise _unsupported(node, "only single-input chains are supported")
-        if any(not isinstance(d, int) for d in node.outputs[0].type.shape[1:]):
-            raise _unsupported(node, "symbolic feature dimensions")
+        if len(node.outputs) != 1:
+            raise _unsupported(node, "nodes with several outputs are not supported")
+
+
+def _stream_info(stage) -> StreamInfo:
+    hw = stage.out_hw if not isinstance(stage, DenseLayer) or isinstance(stage, ConvLayer) else (1, 1)
+    channels = stage.n_out if isinstance(stage, DenseLayer) else stage.channels
+    return StreamInfo(channels, hw[0], hw[1], stage.out_lo, stage.out_hi)
 
 
 def plan_graph(graph: Graph) -> Plan:
-    """The dense-layer chain of `graph`, or a QccError naming the first node it cannot lower."""
+    """The dataflow of `graph`, or a QccError naming the first node it cannot lower."""
     x, stream = _input_stream(graph)
-    _check_chain(graph)
-    layers: list[DenseLayer] = []
-    current: DenseLayer | None = None
+    _check_nodes(graph)
+    b = _Builder(graph)
+    b.env[x.name] = _Ref(stream, None, "in")
     for node in graph.nodes:
-        if node.op in ("Gemm", "MatMul"):
-            current, stream = _dense(node, stream)
-            layers.append(current)
-        elif node.op == "Relu":
-            if current is None:
-                raise _unsupported(node, "a Relu before the first dense layer")
-            current.post.append(PostOp("relu", {"zp": stream.zp.copy()}, lo=max(stream.lo, int(stream.zp.min())),
-                                       hi=max(stream.hi, int(stream.zp.max()))))
-            stream = _Stream(stream.scale, stream.zp, current.post[-1].lo, current.post[-1].hi, stream.width)
-        elif node.op in _FREE_OPS and not stream.per_tensor and current is not None:
-            raise _unsupported(node, "reshaping a per-channel stream")
-        post, stream = _annotation(node, node.outputs[0], stream)
-        if post is not None:
-            if current is None:
-                raise _unsupported(node, "an annotation before the first dense layer")
-            current.post.append(post)
-    if not layers:
-        raise QccError("fpga target: the graph has no dense (Gemm / MatMul) layer")
+        b.node(node)
+    if not b.macs:
+        raise QccError("fpga target: the graph has no dense or convolution (Gemm / MatMul / Conv) layer")
     out = graph.outputs[0]
-    if out.producer is None:
+    if out.producer is None or out.name not in b.env:
         raise QccError("fpga target: the output must be computed by the graph")
-    return Plan(input_name=x.name, input_spec=x.quant, output_name=out.name, layers=layers,
-                out_scale=np.asarray(stream.scale, np.float64), out_zp=np.asarray(stream.zp, np.int64),
-                out_dtype=out.type.dtype)
+    r = b.env[out.name]
+    streams = {"in": StreamInfo(stream.width, stream.hw[0], stream.hw[1], stream.lo, stream.hi)}
+    for st in b.stages:
+        streams[st.dst] = _stream_info(st)
+    stages = _insert_forks(b.stages, streams, r.hw_name)
+    s = r.stream
+    hw = s.hw[0] * s.hw[1]
+    return Plan(input_name=x.name, input_spec=x.quant, output_name=out.name, layers=b.macs,
+                out_scale=np.repeat(np.asarray(s.scale, np.float64), hw),
+                out_zp=np.repeat(np.asarray(s.zp, np.int64), hw), out_dtype=out.type.dtype,
+                stages=stages, streams=streams, input_stream="in", output_stream=r.hw_name)

@@ -1,8 +1,10 @@
 """Testbench generation and the Icarus Verilog runner: many frames in one simulation.
 
-The testbench reads every input frame from a memory file, drives them through the top level's
+The design streams pixels (all channels of one position per transfer, raster order). The testbench
+reads every input pixel of every frame from one memory file, drives them through the top level's
 valid/ready input (with a pseudo-random stall pattern on out_ready, so back-pressure is exercised),
-writes each output vector as one hex line and stops after the last frame (or at a cycle limit).
+writes each output pixel as one hex line and stops after the last one (or at a cycle limit). The
+host converts between the graph's C x H x W order and the pixel stream.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from qcc.errors import QccError
 from qcc.targets.fpga.plan import Plan
-from qcc.targets.fpga.rtl import pack_words
+from qcc.targets.fpga.rtl_common import pack_words
 
 __all__ = ["emit_testbench", "simulate_codes", "require_tool", "unpack_words"]
 
@@ -29,14 +31,17 @@ def require_tool(name: str, package: str) -> str:
 
 
 def emit_testbench(plan: Plan, path: Path) -> Path:
-    first, last = plan.layers[0], plan.layers[-1]
-    inw, outw = first.n_in * first.in_width, last.n_out * last.out_width
-    text = f"""// qcc testbench: streams NFR frames from +in=FILE, writes outputs to +out=FILE (one hex line each)
+    """A testbench streaming NIN input pixels from +in=FILE and writing NOUT output pixels to +out=FILE."""
+    i, o = plan.in_info, plan.out_info
+    inw, outw = i.channels * i.width, o.channels * o.width
+    text = f"""// qcc testbench: NFR input pixels from +in=FILE, NOUT output pixels to +out=FILE (one hex line each)
 `timescale 1ns/1ps
 module tb;
   parameter NFR = 1;
+  parameter NOUT = 1;
   parameter STALL = 1;
-  parameter MAXCYCLES = 100000000;
+  parameter MAXCYCLES = 1000000000;
+  parameter IDLE = 2000000;
   reg clk = 0, rst = 1;
   always #5 clk = ~clk;
   reg in_valid = 0, out_ready = 0;
@@ -45,7 +50,7 @@ module tb;
   wire [{outw - 1}:0] out_data;
   reg [{inw - 1}:0] frames [0:NFR-1];
   reg [8*1024-1:0] in_file, out_file;
-  integer fi = 0, fo = 0, f, cycles = 0, seed = 7;
+  integer fi = 0, fo = 0, f, cycles = 0, idle = 0, seed = 7;
   qcc_top dut (.clk(clk), .rst(rst), .in_valid(in_valid), .in_ready(in_ready), .in_data(in_data),
                .out_valid(out_valid), .out_ready(out_ready), .out_data(out_data));
   initial begin
@@ -63,12 +68,15 @@ module tb;
   end
   always @(posedge clk) if (!rst) begin
     cycles = cycles + 1;
+    idle = idle + 1;
     if (in_valid && in_ready) fi = fi + 1;
     if (out_valid && out_ready) begin
       $fdisplay(f, "%h", out_data);
+      idle = 0;
       fo = fo + 1;
-      if (fo == NFR) begin $fclose(f); $display("CYCLES %0d", cycles); $finish; end
+      if (fo == NOUT) begin $fclose(f); $display("CYCLES %0d", cycles); $finish; end
     end
+    if (idle > IDLE) begin $display("ERROR: no output for %0d cycles (deadlock?)", idle); $finish; end
     if (cycles > MAXCYCLES) begin $display("ERROR: timeout after %0d cycles", cycles); $finish; end
   end
 endmodule
@@ -91,31 +99,40 @@ def unpack_words(lines: list[str], count: int, width: int) -> np.ndarray:
     return out
 
 
+def _to_pixels(codes: np.ndarray, channels: int, pixels: int) -> np.ndarray:
+    """[frames, C*H*W] in graph (CHW) order -> [frames*H*W, C] pixel rows."""
+    return codes.reshape(codes.shape[0], channels, pixels).transpose(0, 2, 1).reshape(-1, channels)
+
+
 def simulate_codes(plan: Plan, rtl_files: list[Path], testbench: Path, codes: np.ndarray,
                    *, stall: bool = True) -> tuple[np.ndarray, int]:
-    """Run Icarus on [frames, n_in] input codes; returns ([frames, n_out] output codes, cycles)."""
+    """Run Icarus on [frames, C*H*W] input codes (graph order); returns ([frames, outputs], cycles)."""
     iverilog = require_tool("iverilog", "iverilog")
     vvp = require_tool("vvp", "iverilog")
-    first, last = plan.layers[0], plan.layers[-1]
+    i, o = plan.in_info, plan.out_info
     frames = codes.shape[0]
     if frames == 0:
-        return np.zeros((0, last.n_out), np.int64), 0
+        return np.zeros((0, o.channels * o.pixels), np.int64), 0
+    if codes.shape[1] != i.channels * i.pixels:
+        raise QccError(f"fpga simulation: frames of {codes.shape[1]} codes, the design takes {i.channels * i.pixels}")
     rtl_dir = rtl_files[0].parent
     with tempfile.TemporaryDirectory(prefix="qcc-fpga-sim-") as tmp:
         tmp = Path(tmp)
         in_mem, out_mem, exe = tmp / "inputs.mem", tmp / "outputs.mem", tmp / "sim.vvp"
-        in_mem.write_text("\n".join(pack_words(codes, first.in_width)) + "\n")
-        cmd = [iverilog, "-g2005", "-o", str(exe), f"-Ptb.NFR={frames}", f"-Ptb.STALL={int(stall)}",
-               str(testbench), *map(str, rtl_files)]
+        in_mem.write_text("\n".join(pack_words(_to_pixels(codes, i.channels, i.pixels), i.width)) + "\n")
+        nin, nout = frames * i.pixels, frames * o.pixels
+        cmd = [iverilog, "-g2005", "-o", str(exe), f"-Ptb.NFR={nin}", f"-Ptb.NOUT={nout}",
+               f"-Ptb.STALL={int(stall)}", str(testbench), *map(str, rtl_files)]
         _run(cmd, rtl_dir, "iverilog")
         out = _run([vvp, "-n", str(exe), f"+in={in_mem}", f"+out={out_mem}"], rtl_dir, "vvp")
         if "ERROR" in out:
             raise QccError(f"fpga simulation failed: {out.strip().splitlines()[-1]}")
         lines = [ln for ln in out_mem.read_text().split() if ln]
-    if len(lines) != frames:
-        raise QccError(f"fpga simulation returned {len(lines)} frames, expected {frames}")
+    if len(lines) != nout:
+        raise QccError(f"fpga simulation returned {len(lines)} output pixels, expected {nout}")
     cycles = next((int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("CYCLES")), 0)
-    return unpack_words(lines, last.n_out, last.out_width), cycles
+    pix = unpack_words(lines, o.channels, o.width).reshape(frames, o.pixels, o.channels)
+    return pix.transpose(0, 2, 1).reshape(frames, -1), cycles
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> str:

@@ -94,14 +94,16 @@ def test_cli_compile_and_run(tmp_path, capsys):
         np.testing.assert_array_equal(got[k], ref[k])
 
 
-def test_conv_is_a_clear_error(tmp_path):
+def test_unsupported_op_is_a_clear_error(tmp_path):
     g = Graph()
-    x = g.add_input("x", TensorType(("N", 1, 4, 4), "float32"))
-    w = g.add_constant("w", np.ones((2, 1, 3, 3), np.float32))
-    g.set_outputs([g.add_node("Conv", [x, w], attrs={"kernel_shape": [3, 3]}, name="conv0").outputs[0]])
-    run_pipeline(g, "calibrate,quantize", PassContext(config={"calib": {"x": np.ones((4, 1, 4, 4), np.float32)}}))
-    with pytest.raises(QccError, match="node 'conv0' \\(Conv\\)"):
-        FpgaTarget().lower(g, tmp_path)
+    x = g.add_input("x", TensorType(("N", 4), "float32"))
+    w = g.add_constant("w", np.ones((3, 4), np.float32))
+    h = g.add_node("Gemm", [x, w], attrs={"transB": 1}, name="fc0").outputs[0]
+    g.set_outputs([g.add_node("Sigmoid", [h], name="sig").outputs[0]])
+    run_pipeline(g, "calibrate,quantize", PassContext(config={"calib": {"x": np.ones((4, 4), np.float32)}}))
+    with pytest.raises(QccError, match="node 'sig' \\(Sigmoid\\)"):
+        FpgaTarget().lower(g, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_bad_options_and_folding():
