@@ -36,7 +36,9 @@ SCHEMES = tuple(SCHEME_PIPELINES)
 SUPPORTED = {
     "cim": set(SCHEMES) - {"bipolar"},  # issue 5 maps uniform and codebook weights; bipolar is refused
     "cpu": set(SCHEMES),
-    "fpga": set(SCHEMES),
+    # fpga: cropped regions are not lowered, and a BN that fold-bn{thresholds=true} leaves in float
+    # form (a negative scale) is a float op the RTL cannot run: such nets are refused by name.
+    "fpga": set(SCHEMES) - {"crops", "thresholds"},
 }
 # Nets per cell in CI, by target (compiles for cpu and fpga take seconds each).
 DEFAULT_EXAMPLES = {"cim": 6, "cpu": 4, "fpga": 2}
@@ -97,3 +99,8 @@ def test_cim_equals_interpreter(scheme):
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_cpu_equals_interpreter(scheme):
     _check_cell("cpu", scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fpga_equals_interpreter(scheme):
+    _check_cell("fpga", scheme)
