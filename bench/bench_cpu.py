@@ -32,7 +32,7 @@ def _args(argv):
     return p.parse_args(argv)
 
 
-def _median_time(fn, repeat: int) -> float:
+def _best_time(fn, repeat: int) -> float:
     fn()
     times = []
     for _ in range(repeat):
@@ -90,7 +90,7 @@ def _ort_time(kind: str, int8: bool, threads: int, repeat: int) -> float:
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
     x = np.random.default_rng(1).uniform(0, 1, x_shape).astype(np.float32)
-    return _median_time(lambda: sess.run(None, {"x": x}), repeat)
+    return _best_time(lambda: sess.run(None, {"x": x}), repeat)
 
 
 _CONV = {"conv64": (64, 56), "conv256": (256, 14)}

@@ -29,6 +29,7 @@ from qcc.targets.fpga import FpgaTarget, _per_layer
 from qcc.targets.fpga.cost import COEFFS, FEATURES, FF_FEATURES, LayerShape, features, ff_features, shape_of_layer
 from qcc.targets.fpga.rtl import emit_design
 from qcc.targets.fpga.synth import DEVICES, synthesize
+from qcc.testing.nets import float_mlp
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CALIBRATION = RESULTS / "fpga_calibration.json"  # merged from fpga_calibration_<family>.json
@@ -48,23 +49,10 @@ CALIBRATION_DESIGNS = [
 ]
 
 
-def mlp(dims, seed: int = 0) -> Graph:
-    """A float MLP (Gemm + Relu) with random weights."""
-    rng = np.random.default_rng(seed)
-    g = Graph()
-    h = g.add_input("x", TensorType(("N", dims[0]), "float32"))
-    for i, (a, b) in enumerate(zip(dims, dims[1:])):
-        w = g.add_constant(f"w{i}", rng.normal(size=(b, a)).astype(np.float32))
-        bias = g.add_constant(f"b{i}", rng.normal(size=(b,)).astype(np.float32))
-        h = g.add_node("Gemm", [h, w, bias], attrs={"transB": 1}, name=f"fc{i}").outputs[0]
-        if i < len(dims) - 2:
-            h = g.add_node("Relu", [h], name=f"relu{i}").outputs[0]
-    g.set_outputs([h])
-    return g
 
 
 def quantized_mlp(dims, bits: int, seed: int = 0) -> Graph:
-    g = mlp(dims, seed)
+    g = float_mlp(dims, seed)
     calib = {"x": np.random.default_rng(seed + 1).normal(size=(64, dims[0])).astype(np.float32)}
     pipeline = f"canonicalize,calibrate,quantize{{w_bits={bits},a_bits={bits}}}"
     run_pipeline(g, pipeline, PassContext(config={"calib": calib}))

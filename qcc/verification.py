@@ -23,8 +23,8 @@ from qcc.interp import run
 from qcc.ir.graph import Graph
 from qcc.target import Artifacts, Target
 
-__all__ = ["Mismatch", "VerifyResult", "outputs_equal", "verify_target", "first_differing_layer",
-           "compile_to"]
+__all__ = ["Mismatch", "VerifyResult", "outputs_equal", "first_difference", "verify_target", "check_inputs",
+           "first_differing_layer", "compile_to"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class VerifyResult:
         return self.mismatch is None
 
 
-def _differences(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> tuple[str, int, float] | None:
+def first_difference(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> tuple[str, int, float] | None:
     """(output, differing elements, max |diff|) of the first output that differs, or None."""
     for name, r in ref.items():
         r = np.asarray(r)
@@ -63,7 +63,7 @@ def _differences(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -
 
 
 def outputs_equal(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> bool:
-    return _differences(ref, out) is None
+    return first_difference(ref, out) is None
 
 
 def compile_to(target: Target, graph: Graph, directory: Path) -> Artifacts:
@@ -100,6 +100,17 @@ def first_differing_layer(graph: Graph, target: Target, inputs: Mapping[str, np.
     return None
 
 
+def check_inputs(graph: Graph, target: Target, artifacts: Artifacts,
+                 inputs: Mapping[str, np.ndarray]) -> VerifyResult:
+    """Check one given batch (e.g. a saved counterexample), locating the first differing layer."""
+    result = VerifyResult(target.name)
+    result.cases["given"] = len(next(iter(inputs.values())))
+    found = first_difference(run(graph, inputs, mode="int"), target.simulate(artifacts, inputs))
+    if found is not None:
+        result.mismatch = Mismatch(dict(inputs), *found, layer=first_differing_layer(graph, target, inputs))
+    return result
+
+
 class _Disagreement(Exception):
     pass
 
@@ -118,7 +129,7 @@ def verify_target(graph: Graph, target: Target, artifacts: Artifacts, *, calibra
 
     def check(kind: str, inputs: dict[str, np.ndarray]) -> None:
         result.cases[kind] += next(iter(inputs.values())).shape[0] if kind == "calibration set" else 1
-        found = _differences(run(graph, inputs, mode="int"), target.simulate(artifacts, inputs))
+        found = first_difference(run(graph, inputs, mode="int"), target.simulate(artifacts, inputs))
         if found is not None:
             failures.append((inputs, found))
             raise _Disagreement(kind)

@@ -36,29 +36,17 @@ def _replay_command(args, target: str, counterexample: Path) -> str:
     return shlex.join(argv)
 
 
-def _check_given_inputs(graph, target, artifacts, inputs):
-    from qcc.interp import run
-    from qcc.verification import Mismatch, VerifyResult, _differences, first_differing_layer
-
-    result = VerifyResult(target.name)
-    result.cases["given"] = len(next(iter(inputs.values())))
-    found = _differences(run(graph, inputs, mode="int"), target.simulate(artifacts, inputs))
-    if found is not None:
-        result.mismatch = Mismatch(inputs, *found, layer=first_differing_layer(graph, target, inputs))
-    return result
-
-
 def _verify_one(args, name: str, model: Path, given) -> tuple[str, bool]:
     from qcc.cli import _progress, _target, compile_graph
     from qcc.io import write_npz
-    from qcc.verification import compile_to, verify_target
+    from qcc.verification import check_inputs, compile_to, verify_target
 
     target = _target(args, name)
     graph, ctx = compile_graph(args, target, model)
     with tempfile.TemporaryDirectory(prefix=f"qcc-verify-{name}-") as tmp:
         artifacts = compile_to(target, graph, Path(tmp))
         if given is not None:
-            result = _check_given_inputs(graph, target, artifacts, given)
+            result = check_inputs(graph, target, artifacts, given)
         else:
             result = verify_target(graph, target, artifacts, calibration=ctx.config.get("calib"),
                                    examples=args.examples, seed=args.seed, progress=_progress(args))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from qcc.ir.graph import Graph, Value
 from qcc.ir.types import TensorType
 
-__all__ = ["SCHEME_PIPELINES", "QuantizedNet", "quantized_nets", "float_cnns"]
+__all__ = ["SCHEME_PIPELINES", "QuantizedNet", "quantized_nets", "float_cnns", "float_mlp"]
 
 _QUANTIZE = "quantize{{w_bits={w},a_bits={a}}}"
 
@@ -67,6 +67,21 @@ class _Net:
         bn = [rng.uniform(0.5, 1.5, cout), rng.normal(0, 0.2, cout), rng.normal(0, 0.2, cout),
               rng.uniform(0.5, 2.0, cout)]
         return self.node("BatchNormalization", [y, *map(self.const, bn)], epsilon=1e-5)
+
+
+def float_mlp(dims: tuple[int, ...], seed: int = 0) -> Graph:
+    """A float MLP: Gemm layers of widths `dims` with biases, ReLU between them, normal random weights."""
+    rng = np.random.default_rng(seed)
+    g = Graph()
+    h = g.add_input("x", TensorType(("N", dims[0]), "float32"))
+    for i, (a, b) in enumerate(zip(dims, dims[1:])):
+        w = g.add_constant(f"w{i}", rng.normal(size=(b, a)).astype(np.float32))
+        bias = g.add_constant(f"b{i}", rng.normal(size=(b,)).astype(np.float32))
+        h = g.add_node("Gemm", [h, w, bias], attrs={"transB": 1}, name=f"fc{i}").outputs[0]
+        if i < len(dims) - 2:
+            h = g.add_node("Relu", [h], name=f"relu{i}").outputs[0]
+    g.set_outputs([h])
+    return g
 
 
 @st.composite

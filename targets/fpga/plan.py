@@ -80,8 +80,38 @@ class PostOp:
     hi: int = 0
 
 
+class _Widths:
+    """Bit widths of a stage's input, core result and output, from their integer ranges."""
+
+    in_lo: int
+    in_hi: int
+    acc_lo: int
+    acc_hi: int
+    post: list[PostOp]
+
+    @property
+    def in_width(self) -> int:
+        return signed_bits(self.in_lo, self.in_hi)
+
+    @property
+    def out_lo(self) -> int:
+        return self.post[-1].lo if self.post else self.acc_lo
+
+    @property
+    def out_hi(self) -> int:
+        return self.post[-1].hi if self.post else self.acc_hi
+
+    @property
+    def out_width(self) -> int:
+        return signed_bits(self.out_lo, self.out_hi)
+
+    @property
+    def acc_width(self) -> int:
+        return signed_bits(self.acc_lo, self.acc_hi)
+
+
 @dataclass
-class DenseLayer:
+class DenseLayer(_Widths):
     """A matrix-vector unit: n_out x n_in weights, PE output channels x SIMD inputs per cycle."""
 
     name: str
@@ -103,26 +133,6 @@ class DenseLayer:
     src: tuple[str, ...] = ()  # input stream names (Plan.streams)
     dst: str = ""  # output stream name
     bipolar: bool = False  # weights and inputs are +-1: XNOR + popcount instead of multipliers
-
-    @property
-    def in_width(self) -> int:
-        return signed_bits(self.in_lo, self.in_hi)
-
-    @property
-    def out_lo(self) -> int:
-        return self.post[-1].lo if self.post else self.acc_lo
-
-    @property
-    def out_hi(self) -> int:
-        return self.post[-1].hi if self.post else self.acc_hi
-
-    @property
-    def out_width(self) -> int:
-        return signed_bits(self.out_lo, self.out_hi)
-
-    @property
-    def acc_width(self) -> int:
-        return signed_bits(self.acc_lo, self.acc_hi)
 
     @property
     def weight_width(self) -> int:
@@ -183,7 +193,7 @@ class ConvLayer(DenseLayer):
 
 
 @dataclass
-class StreamLayer:
+class StreamLayer(_Widths):
     """A stage without weights: a core computation per pixel, then per-channel post-ops.
 
     The post-op unit handles `pe` channels per cycle (channels / pe cycles per output pixel).
@@ -207,26 +217,6 @@ class StreamLayer:
     @property
     def lanes(self) -> int:
         return self.pe or self.channels
-
-    @property
-    def in_width(self) -> int:
-        return signed_bits(self.in_lo, self.in_hi)
-
-    @property
-    def acc_width(self) -> int:
-        return signed_bits(self.acc_lo, self.acc_hi)
-
-    @property
-    def out_lo(self) -> int:
-        return self.post[-1].lo if self.post else self.acc_lo
-
-    @property
-    def out_hi(self) -> int:
-        return self.post[-1].hi if self.post else self.acc_hi
-
-    @property
-    def out_width(self) -> int:
-        return signed_bits(self.out_lo, self.out_hi)
 
     @property
     def cycles(self) -> int:

@@ -151,3 +151,11 @@ def test_compile_refuses_accumulators_that_can_overflow_unless_allowed(tmp_path,
         assert main(["compile", "--target", "interp-test", "-o", str(tmp_path / "wide"), "-q"]) == 0  # no width
     finally:
         _TARGETS.pop("narrow-test", None)
+
+
+def test_empty_eval_file_is_a_user_error(tmp_path, capsys):
+    path = tmp_path / "empty.npz"
+    np.savez(path, x=np.zeros((0, 1, 8, 8), np.float32), y=np.zeros(0, np.int64))
+    assert main(["compile", "--target", "interp-test", "-o", str(tmp_path / "out"), "-q", "--eval", str(path)]) == 2
+    assert "holds no samples" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

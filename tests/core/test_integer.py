@@ -163,3 +163,12 @@ def test_degenerate_all_zero_activation_does_not_crash():
     assert np.all(np.isfinite(out["fc2:out"]))
     m0, n = quantize_multiplier(2.0**40)
     assert n < 0 and requantize(np.array([3, -2]), m0, n, 0, -(2**62), 2**62).tolist() == [3 * 2**40, -2 * 2**40]
+
+
+def test_a_bias_beyond_62_bits_is_a_clear_error_not_a_wrapped_int64():
+    from qcc.errors import QccError
+    from qcc.numerics import bias_to_accumulator
+
+    assert bias_to_accumulator(np.float32([0.5, -0.25]), np.float64(0.25)).tolist() == [2, -1]
+    with pytest.raises(QccError, match="more than 62 bits"):
+        bias_to_accumulator(np.float32([0.1]), np.float64(2.0**-70))

@@ -17,22 +17,13 @@ from qcc.ir.types import TensorType
 from qcc.pass_manager import PassContext, run_pipeline
 from qcc.target import get_target
 from qcc.targets.fpga import FpgaTarget
+from qcc.testing.nets import float_mlp
 
 pytestmark = pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs iverilog")
 
 
 def _mlp(dims=(12, 8, 6, 4), seed=0) -> Graph:
-    rng = np.random.default_rng(seed)
-    g = Graph()
-    h = g.add_input("x", TensorType(("N", dims[0]), "float32"))
-    for i, (a, b) in enumerate(zip(dims, dims[1:])):
-        w = g.add_constant(f"w{i}", rng.normal(size=(b, a)).astype(np.float32))
-        bias = g.add_constant(f"b{i}", rng.normal(size=(b,)).astype(np.float32))
-        h = g.add_node("Gemm", [h, w, bias], attrs={"transB": 1}, name=f"fc{i}").outputs[0]
-        if i < len(dims) - 2:
-            h = g.add_node("Relu", [h], name=f"relu{i}").outputs[0]
-    g.set_outputs([h])
-    return g
+    return float_mlp(dims, seed)
 
 
 def _calib(n_in: int, seed=1) -> dict:
