@@ -9,10 +9,13 @@
     w_bits = 4
     a_bits = 4
     crop = [25, 25, 25, 25]   # output rows/cols cut at top, bottom, left, right
+    pe = 4                    # FPGA folding: output channels in parallel (must divide them)
+    simd = 8                  # FPGA folding: inputs per cycle (must divide the reduction length)
 
 Layer keys are node names (`qcc show --summary` lists them). `a_bits` / `a_scheme` of a layer are
 the precision of the activation the layer consumes (its input, what its MACs read: BOPs, CIM input
-cycles); `w_*` its weights; `crop` its output's zero-bit edges.
+cycles); `w_*` its weights; `crop` its output's zero-bit edges; `pe` / `simd` the layer's folding on
+the FPGA target (other targets ignore them; the FPGA target checks they divide the layer).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class LayerConfig:
     a_scheme: str | None = None
     crop: tuple[int, int, int, int] | None = None
     per_channel: bool | None = None
+    pe: int | None = None
+    simd: int | None = None
 
     def merged_over(self, base: LayerConfig) -> LayerConfig:
         return replace(base, **{f.name: getattr(self, f.name) for f in fields(self)
@@ -101,6 +106,12 @@ def _layer(table: Mapping[str, Any], where: str) -> LayerConfig:
             raise QccError(f"{where}: crop must be 4 non-negative integers [top, bottom, left, right], "
                            f"got {crop!r}")
         values["crop"] = tuple(crop)
+    for key in ("pe", "simd"):
+        if key in table:
+            n = table[key]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise QccError(f"{where}: {key} must be a positive integer, got {n!r}")
+            values[key] = n
     if "per_channel" in table:
         if not isinstance(table["per_channel"], bool):
             raise QccError(f"{where}: per_channel must be true or false")

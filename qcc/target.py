@@ -113,6 +113,13 @@ class Target(ABC):
     @abstractmethod
     def simulate(self, artifacts: Artifacts, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def configure(self, config) -> None:
+        """Take the per-layer settings of `--config` (a qcc.config.QuantConfig) that concern this target.
+
+        Called before the pipeline runs; layer names are checked against the graph at lowering.
+        """
+        return None
+
     def explain(self, graph: Graph) -> dict[str, tuple[str, str]]:
         """Per node name: (what it becomes on this target, why), for `qcc compile --explain`."""
         return {}

@@ -197,6 +197,8 @@ def compile_graph(args, target, model: Path):
 
         ctx.config["calib"] = load_arrays(CALIB, what="calibration")
     ctx.config["target"] = target
+    if "quant_config" in ctx.config:
+        target.configure(ctx.config["quant_config"])  # per-layer target settings (e.g. FPGA pe / simd)
     run_pipeline(graph, target.default_pipeline, ctx)
     if timing is not None:
         print(timing.table(), file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -105,3 +107,13 @@ def test_random_graphs_quantize_verify_and_stay_close(data, w_scheme):
         if w_scheme in ("uniform", "dynamic-fixed"):  # 8-bit: close to float
             tol = 0.1 * max(1.0, float(np.abs(v).max()))
             assert np.max(np.abs(fake[k] - v)) <= tol
+
+
+def test_fpga_folding_keys_parse_and_are_checked():
+    from qcc.config import parse_config
+
+    config = parse_config({"default": {"simd": 8}, "layers": {"/fc/Gemm": {"pe": 2}}})
+    assert config.layers["/fc/Gemm"].merged_over(config.default) == replace(config.default, pe=2, simd=8)
+    for bad in (0, -3, True, 1.5, "4"):
+        with pytest.raises(QccError, match="pe must be a positive integer"):
+            parse_config({"layers": {"/fc/Gemm": {"pe": bad}}})
