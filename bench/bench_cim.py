@@ -495,7 +495,12 @@ def energy(out_dir: Path, quick: bool) -> dict:
     base = import_model(MODEL)
     run_pipeline(base, "canonicalize,fold-bn,calibrate", PassContext(config={"calib": {"x": xc, "y": yc}}))
     configs = {}
-    _, configs["a"] = _uniform(base, 16, target, data)
+    # 16 x 16-bit products need up to 41 accumulator bits here (qcc.ranges); ISAAC's 32-bit default would wrap
+    from dataclasses import replace
+
+    from qcc.targets.cim.arch import ISAAC
+
+    _, configs["a"] = _uniform(base, 16, CimTarget(arch=replace(ISAAC, acc_bits=48)), data)
     _, configs["b"] = _uniform(base, 8, target, data)
     annotated = base.clone()
     run_pipeline(annotated, "annotate-sensitivity{workers=1}", PassContext(config={"calib": {"x": xc, "y": yc}}))

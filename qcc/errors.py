@@ -9,6 +9,7 @@ __all__ = [
     "VerifyError",
     "ShapeError",
     "PassError",
+    "LoweringError",
     "ModelImportError",
     "ModelExportError",
 ]
@@ -85,3 +86,19 @@ class PassError(QccError):
         where = f" at node '{node}'" if node else ""
         after = f" (after {', '.join(ran_before)})" if ran_before else " (first pass)"
         super().__init__(f"pass '{pass_name}' failed{where}: {reason}{after}")
+
+
+class LoweringError(QccError):
+    """A node a target cannot lower: names the target, the node, the reason and what would make it work.
+
+    `remedy` is the user's next step (a supported bit-width, a config line, another target); every
+    target refusal carries one, so the message is actionable without reading qcc's source.
+    """
+
+    def __init__(self, target: str, node: str, op: str, reason: str, remedy: str):
+        self.target = target
+        self.node = node
+        self.op = op
+        self.reason = reason
+        self.remedy = remedy
+        super().__init__(f"lowering to target '{target}' failed at {op} '{node}': {reason}; {remedy}")

@@ -2,6 +2,8 @@
 
 Options: `arch` (an architecture TOML file; default ISAAC, see qcc.targets.cim.arch) and
 `energy_budget` (energy per inference, e.g. "5uJ", for assign-bits with the CIM cost model).
+`accumulator_bits` is the arch's `acc_bits`: `qcc compile` refuses a model whose accumulators can
+exceed it unless --allow-overflow, and the simulator wraps them as the hardware register would.
 `lower` writes the quantized model (model.qir + .npz), mapping.json (crossbars, rows, columns, cell
 levels, replicas), arch.toml (the architecture used, with its [mapping] and [nonideal] tables) and
 two PNG plots (crossbar utilisation, per-layer energy breakdown); `simulate` maps the saved model
@@ -60,12 +62,14 @@ class CimTarget(Target):
             self.arch = arch
         else:
             self.arch = ISAAC if arch is None else load_arch(arch)
+        # the digital accumulator `qcc compile` proves wide enough (qcc.ranges; --allow-overflow: it wraps)
+        self.accumulator_bits = self.arch.acc_bits
         self.energy_budget_pj = None if energy_budget is None else (
             float(energy_budget) if isinstance(energy_budget, int | float) else parse_energy(energy_budget))
 
     def legal_bits(self, node: Node) -> LegalBits:
         bits = tuple(range(1, 17))
-        return LegalBits(weight_bits=bits, activation_bits=bits, schemes=("uniform", "codebook"))
+        return LegalBits(weight_bits=bits, activation_bits=bits, schemes=("uniform", "codebook", "bipolar"))
 
     @property
     def default_pipeline(self) -> str:
@@ -82,7 +86,11 @@ class CimTarget(Target):
 
     def explain(self, graph: Graph) -> dict[str, tuple[str, str]]:
         mapping = map_graph(graph, self.arch, check=False)
-        out = {n.name: ("digital unit", "not a MAC layer: the tile's digital logic runs it on codes")
+        from qcc.ranges import ACCUMULATING_OPS
+
+        needs = _accumulator_needs(graph)
+        out = {n.name: ("digital unit", "not a MAC layer: the tile's digital logic runs it on codes"
+                        + (f", {self._accumulator_why(needs.get(n.name))}" if n.op in ACCUMULATING_OPS else ""))
                for n in graph.nodes}
         for node in graph.nodes:
             if node.op in MAC_OPS and node.name not in mapping.layers:
@@ -90,12 +98,21 @@ class CimTarget(Target):
         for name, m in mapping.layers.items():
             what = (f"{m.crossbars} crossbar(s): {m.rows}x{m.cols} matrix, {m.cells_per_weight} cell(s)/weight, "
                     f"{m.adc_bits}-bit ADC")
-            why = (f"{m.encoding} encoding of {m.scheme} weights, {m.a_bits}-bit inputs bit-serial, "
+            why = (f"{_weights_why(m)}, {_inputs_why(m)}, "
                    f"{m.row_tiles}x{m.col_tiles} tiles" + (f", {m.replicas} copies" if m.replicas > 1 else "")
                    + (f", {m.total_positions - m.positions} cropped positions skipped"
-                      if m.positions < m.total_positions else ""))
+                      if m.positions < m.total_positions else "")
+                   + f", {self._accumulator_why(needs.get(name))}")
             out[name] = (what, why)
         return out
+
+    def _accumulator_why(self, need: int | None) -> str:
+        """A layer's accumulator width (qcc.ranges) against the arch's register, for --explain."""
+        if need is None:
+            return f"{self.accumulator_bits}-bit accumulator"
+        if need > self.accumulator_bits:
+            return f"accumulator needs {need} bits but has {self.accumulator_bits}: wraps (--allow-overflow)"
+        return f"accumulator needs {need} of {self.accumulator_bits} bits"
 
     def lower(self, graph: Graph, out_dir: Path) -> Artifacts:
         from qcc.frontend.qir import save
@@ -138,6 +155,31 @@ class CimTarget(Target):
         return cache[key]
 
 
+def _accumulator_needs(graph: Graph) -> dict[str, int]:
+    """Accumulator bits per accumulating node (qcc.ranges.analyze, the proof `qcc compile` runs); {} if it fails."""
+    from qcc.ranges import analyze
+
+    try:
+        return {name: layer.bits for name, layer in analyze(graph).items()}
+    except QccError:
+        return {}
+
+
+def _weights_why(m) -> str:
+    if m.scheme != "bipolar":
+        return f"{m.encoding} encoding of {m.scheme} weights"
+    if m.encoding == "differential":
+        return "bipolar weights w as differential pairs of 1-bit cells [w = +1], [w = -1]"
+    return "bipolar weights w = 2b - 1 as 1-bit cells b, digital -sum(x) correction"
+
+
+def _inputs_why(m) -> str:
+    if m.x_scheme == "bipolar":
+        return ("bipolar inputs x = 2a - 1 fed as 1-bit DAC codes a in one read, digital -sum(w) correction "
+                "over the unpadded rows")
+    return f"{m.a_bits}-bit inputs bit-serial"
+
+
 def _check_mapped(graph: Graph, mapping) -> None:
     for node in graph.nodes:
         if node.op in MAC_OPS and node.name not in mapping.layers:
@@ -148,7 +190,7 @@ def _check_mapped(graph: Graph, mapping) -> None:
 def _remedy(node: Node, reason: str) -> str:
     """What would make the layer map (issue 8's diagnostics): a config line, or another target."""
     if _is_bipolar(node):
-        return "compile for --target cpu, which runs bipolar layers as XNOR-popcount"
+        return "or compile for --target cpu, which runs bipolar layers as XNOR-popcount"
     if "quantized" in reason or "per-tensor" in reason:
         return (f"quantize it, e.g. --config with [layers.\"{node.name}\"] w_bits = 8 and a_bits = 8, "
                 f"or compile for --target cpu")

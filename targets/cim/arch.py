@@ -22,6 +22,21 @@ converter survey and analysis", IEEE JSAC 17(4), 1999: P = FOM * 2^ENOB * f_s, s
 conversion = FOM * 2^ENOB at a fixed FOM); the area scales the same way, a first-order rule for a
 SAR ADC whose capacitive DAC has 2^b unit capacitors (ISAAC's ADC is a SAR, Kull et al., ISSCC 2013).
 
+Digital accumulator (`acc_bits`, default 32): the shift-and-add units add the ADC reads, the row
+tiles' partial sums, the digital offset corrections and the bias into an output register of
+`acc_bits` bits, two's complement, which wraps when a sum does not fit. The exact accumulator of a
+layer needs about log2(rows) + a_bits + w_bits bits (qcc.ranges proves the exact figure):
+ISAAC and PUMA (Ankit et al., ASPLOS 2019) carry 16-bit fixed-point values between layers, and
+ISAAC's full-precision 16-bit x 16-bit dot product over one 128-row crossbar already needs 39 bits,
+so a fixed register width is a design choice the compiler has to check, not a given. qcc's
+default is 32 bits, the int32 accumulator of 8-bit integer inference (gemmlowp, TFLite, ONNX
+Runtime): it holds every 8-bit layer of up to about 2^15 rows (by qcc.ranges the 8-bit example
+needs at most 21 bits in its MAC layers and 25 in its global average pool, the 8-bit ResNet-18 of
+bench/resnet_onnx.py 26 and 31), while 16-bit layers need a wider register (`acc_bits = 48`: the
+example at 16 bits needs up to 41 and reaches 35 on real images).
+`qcc compile` refuses a model whose accumulators can exceed it (CimTarget.accumulator_bits) unless
+`--allow-overflow`; the simulator then wraps as the register would (simulate.py). At most 64.
+
 An architecture file is TOML with the field names below at top level (any subset; the rest keep
 their defaults), e.g. `rows = 64`, `adc_bits = 6`, `lossless = false`, and two optional tables:
 - `[mapping]`: `replication = "none" | "balance"` (ISAAC's weight replication for throughput: copy
@@ -96,6 +111,7 @@ class Arch:
     adc_energy_pj: float = 1.5625  # per conversion at adc_ref_bits: 2 mW / 1.28 GS/s
     adc_ref_bits: int = 8  # the resolution the ADC energy, power and area figures are quoted for
     flip_encoding: bool = True  # ISAAC's column flip: one ADC bit fewer
+    acc_bits: int = 32  # the digital shift-and-add / output register (two's complement, wraps)
     lossless: bool = True
     signed_encoding: Literal["offset", "differential"] = "offset"
     crossbars_per_ima: int = 8
@@ -184,7 +200,7 @@ def adc_scale(arch: Arch, bits: int) -> float:
     return 2.0 ** (bits - arch.adc_ref_bits)
 
 
-_INT_FIELDS = ("rows", "cols", "bits_per_cell", "dac_bits", "adc_bits", "adc_ref_bits", "crossbars_per_ima",
+_INT_FIELDS = ("rows", "cols", "bits_per_cell", "dac_bits", "adc_bits", "adc_ref_bits", "acc_bits", "crossbars_per_ima",
                "adcs_per_ima", "imas_per_tile", "tiles", "tiles_per_router")
 
 
@@ -215,6 +231,9 @@ def _validate(arch: Arch) -> None:
     for name in ("adc_rate_gsps", "clock_ghz", "read_ns"):
         if getattr(arch, name) <= 0:
             raise QccError(f"architecture: {name} must be > 0, got {getattr(arch, name)!r}")
+    if not 2 <= arch.acc_bits <= 64:
+        raise QccError(f"architecture: acc_bits must be from 2 to 64 (a two's complement register), "
+                       f"got {arch.acc_bits}")
     if arch.bits_per_cell > 8 or arch.dac_bits > 8:
         raise QccError("architecture: bits_per_cell and dac_bits must be at most 8")
     if arch.max_crossbars > arch.crossbars:

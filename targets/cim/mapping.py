@@ -1,8 +1,9 @@
 """Mapping quantized MAC layers onto crossbars (seed 004 §ISAAC, DESIGN.md §5).
 
-Each Conv / Gemm / MatMul whose input is a per-tensor uniform activation and whose weight is a
-uniform or codebook constant becomes, per group, a weight matrix of rows = kh * kw * cin / groups
-(Gemm / MatMul: K) and cols = cout / groups, in the order (cin, kh, kw) of an im2col window.
+Each Conv / Gemm / MatMul whose input is a per-tensor uniform or bipolar activation and whose
+weight is a uniform, codebook or bipolar constant (any combination) becomes, per group, a weight
+matrix of rows = kh * kw * cin / groups (Gemm / MatMul: K) and cols = cout / groups, in the order
+(cin, kh, kw) of an im2col window.
 
 - Weights: the centred integer weight wc = q - zw (codebook: the integer centroid) is stored as
   non-negative cell levels. Offset encoding (default): u = wc - lo with lo the smallest
@@ -12,11 +13,26 @@ uniform or codebook constant becomes, per group, a weight matrix of rows = kh * 
   cells, least significant first (seed 004 Fig. 2: 10-bit weights take 5 columns). Codebook layers
   store their centroid integers in the cells (one column group per centroid would need 2^bits
   column groups; centroid values are never costlier for tables of more than two entries).
+- Bipolar weights (codes w in {-1, +1}): w = 2b - 1 with b = (w + 1) / 2 in {0, 1}, so offset
+  encoding stores the 1-bit level b (w_step = 2, w_offset = -1: wc = w_step * u + w_offset) and the
+  digital side computes sum x w = 2 sum x b - sum x; differential pairs store b+ = [w = +1] and
+  b- = [w = -1] (one cell each). Either way a bipolar layer costs what any 1-bit layer costs.
 - Physical columns: weight column j, pair p (0 = u / u+, 1 = u-), cell k sit at column
   (j * pairs + p) * cells + k of the group's matrix, tiled over crossbars of rows x cols.
 - Inputs: codes q in [qmin, qmax] are fed as u_x = q - qmin (a_bits bits), dac_bits per crossbar
   read, so a_bits / dac_bits reads per output position; the correction (qmin - zx) * sum(wc) is
   digital.
+- Bipolar inputs (codes x in {-1, +1}; 0 only where padding or a crop makes the real value zero):
+  x = 2a - 1 with a = (x + 1) / 2 fed as a 1-bit DAC code (x_step = 2, x_min = -1, one read per
+  position). Then sum x w = 2 sum a w - sum_valid w, where sum_valid w adds the weights of the
+  rows that hold a real +-1 input: a padded or cropped row is fed a = 0 and left out of the
+  correction, so it contributes 0 as in qcc.integer. Which rows those are depends only on the
+  output position (padding and crop regions are static), so the chip's correction is a
+  per-position table of weight sums (the simulator computes it from the codes: a code-preserving op
+  between a crop and the layer, e.g. a MaxPool over the crop's edge, can make which rows hold 0
+  depend on the data; the simulator stays exact there, a chip would need that mask per sample).
+  A Relu or Pad between the bipolar annotation and the layer makes codes 0 anywhere, so such a
+  layer is not mapped (unmapped_reason says so).
 - ADC: per layer the lossless resolution (arch.layer_adc_bits) for the rows one crossbar holds,
   the layer's input slice (min(dac_bits, a_bits) bits) and its cell levels (min(bits_per_cell,
   w_bits) bits), capped at the architecture's ADC when it is lossy.
@@ -55,7 +71,7 @@ import numpy as np
 from qcc.errors import QccError
 from qcc.integer import constant_value
 from qcc.ir.graph import Graph, Node, Value
-from qcc.ir.quant import Codebook, Thresholds, Uniform
+from qcc.ir.quant import Bipolar, Codebook, Thresholds, Uniform
 from qcc.targets.cim.arch import Arch, layer_adc_bits
 
 __all__ = ["LayerMapping", "GraphMapping", "map_layer", "map_graph", "mapping_to_json", "MAC_OPS",
@@ -64,6 +80,7 @@ __all__ = ["LayerMapping", "GraphMapping", "map_layer", "map_graph", "mapping_to
 
 MAC_OPS = ("Conv", "Gemm", "MatMul")
 _THROUGH = {"MaxPool", "Flatten", "Reshape", "Transpose", "Identity", "Squeeze", "Unsqueeze", "Relu", "Pad"}
+_KEEP_SIGNS = _THROUGH - {"Relu", "Pad"}  # ops that leave bipolar codes in {-1, +1} (Relu, Pad make 0s)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,19 +96,30 @@ class LayerMapping:
     a_bits: int
     x_min: int  # input code fed as 0
     encoding: str  # "offset" | "differential"
-    scheme: str  # weight scheme: "uniform" | "codebook"
+    scheme: str  # weight scheme: "uniform" | "codebook" | "bipolar"
     cells_per_weight: int
     bits_per_cell: int
     adc_bits: int
     positions: int  # output positions computed per sample (crops skipped)
     total_positions: int
     levels: np.ndarray  # [groups, rows, phys_cols] int64
-    w_offset: np.ndarray  # [groups, cols] int64: wc = u + w_offset (offset encoding; 0 for differential)
+    w_offset: np.ndarray  # [groups, cols] int64: wc = w_step * u + w_offset (offset; 0 for differential)
     row_tiles: int
     col_tiles: int
     level_max: int = 0  # M: the largest cell level of this layer (the flip reference)
     flipped: np.ndarray | None = None  # [groups, row_tiles, phys_cols] bool; None = no flip encoding
     replicas: int = 1  # copies of the layer's crossbars (weight replication for throughput)
+    x_scheme: str = "uniform"  # input scheme: "uniform" (codes x_min + u) | "bipolar" (codes 2u - 1)
+
+    @property
+    def x_step(self) -> int:
+        """Input code per DAC code step: x = x_min + x_step * u (2 for bipolar inputs, else 1)."""
+        return 2 if self.x_scheme == "bipolar" else 1
+
+    @property
+    def w_step(self) -> int:
+        """Weight per level step of offset encoding: wc = w_step * u + w_offset (2 for bipolar weights)."""
+        return 2 if self.scheme == "bipolar" and self.encoding == "offset" else 1
 
     @property
     def pairs(self) -> int:
@@ -135,7 +163,7 @@ class LayerMapping:
         u = (cells << shifts).sum(axis=-1)
         if self.encoding == "differential":
             return u[..., 0] - u[..., 1]
-        return u[..., 0] + self.w_offset[:, None, :]
+        return self.w_step * u[..., 0] + self.w_offset[:, None, :]
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,16 +176,23 @@ class GraphMapping:
         return sum(m.crossbars for m in self.layers.values())
 
 
-def input_spec(value: Value) -> Uniform | None:
-    """The uniform annotation whose codes reach `value` (through code-preserving ops), if any."""
+def input_spec(value: Value) -> Uniform | Bipolar | None:
+    """The uniform or bipolar annotation whose codes reach `value` (through code-preserving ops), if any.
+
+    A bipolar annotation counts only through ops that keep its codes in {-1, +1} (not Relu or Pad).
+    """
+    passed: set[str] = set()
     while value is not None:
         if isinstance(value.quant, Thresholds):
             return _threshold_levels(value.quant)
+        if isinstance(value.quant, Bipolar):
+            return value.quant if passed <= _KEEP_SIGNS else None
         if value.quant is not None:
             return value.quant if isinstance(value.quant, Uniform) else None
         node = value.producer
         if node is None or node.op not in _THROUGH:
             return None
+        passed.add(node.op)
         value = node.inputs[0]
     return None
 
@@ -213,11 +248,11 @@ def _positions(node: Node) -> tuple[int, int]:
     return total, total
 
 
-def _mappable(node: Node) -> tuple[Uniform, Value] | None:
+def _mappable(node: Node) -> tuple[Uniform | Bipolar, Value] | None:
     if node.op not in MAC_OPS or len(node.inputs) < 2:
         return None
     x, w = node.inputs[0], node.inputs[1]
-    if w is None or not w.is_constant or not isinstance(w.quant, Uniform | Codebook):
+    if w is None or not w.is_constant or not isinstance(w.quant, Uniform | Codebook | Bipolar):
         return None
     spec = input_spec(x)
     if spec is None or spec.axis is not None and spec.channels and spec.channels > 1:
@@ -234,11 +269,14 @@ def unmapped_reason(node: Node) -> str:
     w = node.inputs[1] if len(node.inputs) > 1 else None
     if w is None or not w.is_constant:
         return "its weight is not a constant"
-    if not isinstance(w.quant, Uniform | Codebook):
-        return "its weight is not quantized (uniform or codebook; run quantize)"
+    if not isinstance(w.quant, Uniform | Codebook | Bipolar):
+        return "its weight is not quantized (uniform, codebook or bipolar; run quantize)"
     spec = input_spec(node.inputs[0])
+    if spec is None and _bipolar_through_zeros(node.inputs[0]):
+        return ("its bipolar input passes a Relu or Pad, which makes codes 0 that a 1-bit DAC cannot feed "
+                "(annotate the value after it instead)")
     if spec is None or spec.axis is not None and spec.channels and spec.channels > 1:
-        return "its input is not a per-tensor uniform activation (run quantize)"
+        return "its input is not a per-tensor uniform or bipolar activation (run quantize)"
     if any(isinstance(d, str) for d in node.outputs[0].type.shape[1:]):
         return "its output shape is not static"
     if node.op == "Conv" and w.data.ndim != 4:
@@ -248,6 +286,16 @@ def unmapped_reason(node: Node) -> str:
     if node.op == "MatMul" and w.data.ndim != 2:
         return "MatMul with a weight of more than 2 dimensions is not a plain matrix"
     return "its weight zero point varies along the reduction axis"
+
+
+def _bipolar_through_zeros(value: Value | None) -> bool:
+    """Whether a bipolar annotation reaches `value` only through an op that makes 0 codes (Relu, Pad)."""
+    while value is not None and value.quant is None:
+        node = value.producer
+        if node is None or node.op not in _THROUGH:
+            return False
+        value = node.inputs[0]
+    return value is not None and isinstance(value.quant, Bipolar)
 
 
 def map_layer(node: Node, arch: Arch, encoding: str | None = None) -> LayerMapping | None:
@@ -263,9 +311,13 @@ def map_layer(node: Node, arch: Arch, encoding: str | None = None) -> LayerMappi
     if wm is None:
         return None
     groups, rows, cols = wm.shape
+    w_step = 1
     if isinstance(wval.quant, Codebook):
         values = [c for t in wval.quant.tables() for c in t]
         lo, hi = min(values), max(values)
+        w_off = np.full((groups, cols), lo, np.int64)
+    elif isinstance(wval.quant, Bipolar):
+        lo, hi, w_step = -1, 1, 2  # w = 2b - 1
         w_off = np.full((groups, cols), lo, np.int64)
     else:
         zp = np.broadcast_to(w.zero_point, w.q.shape).astype(np.int64)
@@ -279,8 +331,8 @@ def map_layer(node: Node, arch: Arch, encoding: str | None = None) -> LayerMappi
         u = np.stack([np.maximum(wm, 0), np.maximum(-wm, 0)], axis=-1)  # g, r, c, 2
         w_off = np.zeros((groups, cols), np.int64)
     else:
-        w_bits = max(math.ceil(math.log2(hi - lo + 1)), 1)
-        u = (wm - w_off[:, None, :])[..., None]
+        w_bits = max(math.ceil(math.log2((hi - lo) // w_step + 1)), 1)
+        u = ((wm - w_off[:, None, :]) // w_step)[..., None]
     cells = math.ceil(w_bits / arch.bits_per_cell)
     levels = slice_cells(u.reshape(groups, rows, -1), cells, arch.bits_per_cell)
     positions, total = _positions(node)
@@ -288,16 +340,18 @@ def map_layer(node: Node, arch: Arch, encoding: str | None = None) -> LayerMappi
     levels = levels.astype(np.int64)
     level_bits = min(arch.bits_per_cell, w_bits)
     level_max = (1 << level_bits) - 1
+    x_scheme = "bipolar" if isinstance(xspec, Bipolar) else "uniform"
+    x_min = -1 if x_scheme == "bipolar" else xspec.qmin  # bipolar: x = 2a - 1, a the 1-bit DAC code
     adc = layer_adc_bits(min(rows, arch.rows), min(arch.dac_bits, xspec.bits), level_bits, arch.flip_encoding)
     if not arch.lossless:
         adc = min(adc, arch.adc_bits)
     flipped = _flips(levels, arch.rows, level_max) if arch.flip_encoding else None
     return LayerMapping(
         name=node.name, op=node.op, groups=groups, rows=rows, cols=cols, w_bits=w_bits, a_bits=xspec.bits,
-        x_min=xspec.qmin, encoding=encoding, scheme=wval.quant.scheme, cells_per_weight=cells,
+        x_min=x_min, encoding=encoding, scheme=wval.quant.scheme, cells_per_weight=cells,
         bits_per_cell=arch.bits_per_cell, adc_bits=adc, positions=positions, total_positions=total,
         levels=levels, w_offset=w_off, row_tiles=math.ceil(rows / arch.rows),
-        col_tiles=math.ceil(phys / arch.cols), level_max=level_max, flipped=flipped)
+        col_tiles=math.ceil(phys / arch.cols), level_max=level_max, flipped=flipped, x_scheme=x_scheme)
 
 
 def _flips(levels: np.ndarray, xbar_rows: int, level_max: int) -> np.ndarray:
@@ -394,12 +448,15 @@ def _crossbars(m: LayerMapping, arch: Arch, first_id: int) -> list[dict]:
 
 def _layer_json(m: LayerMapping, arch: Arch, first_id: int) -> dict:
     return {"name": m.name, "op": m.op, "groups": m.groups, "rows": m.rows, "cols": m.cols,
-            "w_bits": m.w_bits, "a_bits": m.a_bits, "x_min": m.x_min, "encoding": m.encoding,
+            "w_bits": m.w_bits, "a_bits": m.a_bits, "x_min": m.x_min, "x_scheme": m.x_scheme,
+            "x_step": m.x_step, "w_step": m.w_step, "encoding": m.encoding,
             "scheme": m.scheme, "cells_per_weight": m.cells_per_weight, "adc_bits": m.adc_bits,
             "positions": m.positions, "total_positions": m.total_positions, "replicas": m.replicas,
             "column_order": "(weight column, pair, cell) with the least significant cell first",
             "level_max": m.level_max,
             "levels_note": "programmed levels: a column with flipped = 1 holds level_max - level",
+            "codes_note": "input x = x_min + x_step * dac_code; weight wc = w_step * level + w_offset "
+                          "(differential: level+ - level-)",
             "w_offset": m.w_offset.tolist(), "crossbars": _crossbars(m, arch, first_id)}
 
 
@@ -409,7 +466,7 @@ def mapping_to_json(mapping: GraphMapping) -> str:
     for m in mapping.layers.values():
         layers.append(_layer_json(m, arch, first))
         first += m.crossbars
-    doc = {"format": "qcc.cim.mapping/1", "crossbar": [arch.rows, arch.cols],
+    doc = {"format": "qcc.cim.mapping/1", "crossbar": [arch.rows, arch.cols], "acc_bits": arch.acc_bits,
            "bits_per_cell": arch.bits_per_cell, "dac_bits": arch.dac_bits,
            "crossbars": mapping.crossbars, "crossbars_per_ima": arch.crossbars_per_ima,
            "imas_per_tile": arch.imas_per_tile, "replication": arch.replication, "layers": layers}

@@ -1,18 +1,26 @@
 """Functional crossbar simulator: the mapped model executed crossbar by crossbar, in numpy.
 
-Per mapped MAC layer (targets/cim/mapping.py): input codes become u_x = q - x_min (im2col windows
-for a Conv, padding fed as the zero point so it contributes exactly zero), are cut into
-ceil(a_bits / dac_bits) slices of dac_bits bits (bit-serial inputs), and every slice is applied to
-every crossbar (rows tiled by the crossbar height). Each crossbar column gives an analog sum of
-slice x programmed level; the ADC converts it, clipping at 2^adc_bits - 1 (never reached when the
-layer's ADC is lossless); a flipped column (ISAAC's flip encoding, see mapping.py) is taken back
-digitally as M * sum(slice) - read; shift-and-add weights the partial sums by 2^(slice * dac_bits)
-and 2^(cell * bits_per_cell) and subtracts the negative column of a differential pair. The digital
-correction adds w_offset * sum(u_x) (offset encoding) and (x_min - zx) * sum(wc) (input offset),
-which gives the exact accumulator sum (qx - zx)(qw - zw); the bias is added at the accumulator
-scale as in qcc.integer. Every other op, every annotation (requantization via
-qcc.integer.quantize_result) and crops are qcc.integer's own rules (this is a subclass of its
-semantics), so with lossless ADCs the result equals run(g, x, mode="int") bit for bit.
+Per mapped MAC layer (targets/cim/mapping.py): input codes q = x_min + x_step * u_x become DAC
+codes u_x (im2col windows for a Conv; uniform inputs: padding fed as the zero point, so it
+contributes exactly zero), are cut into ceil(a_bits / dac_bits) slices of dac_bits bits
+(bit-serial inputs), and every slice is applied to every crossbar (rows tiled by the crossbar
+height). Each crossbar column gives an analog sum of slice x programmed level; the ADC converts it,
+clipping at 2^adc_bits - 1 (never reached when the layer's ADC is lossless); a flipped column
+(ISAAC's flip encoding, see mapping.py) is taken back digitally as M * sum(slice) - read;
+shift-and-add weights the partial sums by 2^(slice * dac_bits) and 2^(cell * bits_per_cell) and
+subtracts the negative column of a differential pair. The digital corrections then give the exact
+accumulator sum_r (qx - zx)(qw - zw) = x_step * (w_step * S + w_offset * sum(u_x)) + (x_min - zx) *
+sum_r wc with S the crossbar sum (offset encoding; differential pairs: S is sum u_x * wc already).
+For bipolar inputs (x_step = 2, x_min = -1) a padded or cropped row, whose real value is 0 and
+which no 1-bit code can feed, is fed u_x = 0 and left out of that last weight sum (a per-position
+table on the chip). The bias is added at the accumulator scale as in qcc.integer, and the sum is
+wrapped to the arch's acc_bits-bit two's complement output register (`wrap`: a no-op whenever
+qcc.ranges proves the layer fits, which `qcc compile` checks unless --allow-overflow); the integer
+results of the digital unit's accumulating ops (Add, Sub, Mul, Global/AveragePool sums, the set
+qcc.ranges checks) wrap to the same width. Every other
+op, every annotation (requantization via qcc.integer.quantize_result) and crops are qcc.integer's
+own rules (this is a subclass of its semantics), so with lossless ADCs and an accumulator that
+fits the result equals run(g, x, mode="int") bit for bit.
 
 Non-idealities (arch `[nonideal]`, arch.NonIdeal): each replica's cells get their own stuck-at
 faults and Gaussian conductance variation, drawn once per cell from a generator seeded by (seed,
@@ -37,10 +45,11 @@ from qcc.integer import IntegerSemantics, QTensor, evaluate_node, to_float
 from qcc.interp import run
 from qcc.ir.graph import Graph, Node
 from qcc.numerics import bias_to_accumulator, channel_shape
+from qcc.ranges import ACCUMULATING_OPS
 from qcc.targets.cim.arch import Arch
 from qcc.targets.cim.mapping import GraphMapping, LayerMapping, as_matrices
 
-__all__ = ["CrossbarSemantics", "simulate", "crossbar_matmul", "programmed_levels", "measure_top1"]
+__all__ = ["CrossbarSemantics", "simulate", "crossbar_matmul", "programmed_levels", "measure_top1", "wrap"]
 
 _CHUNK = 1 << 18  # input slice elements per chunk (cache sized)
 
@@ -118,6 +127,22 @@ def _crossbar_tile(ux: np.ndarray, m: LayerMapping, levels: np.ndarray, flip: np
     return out
 
 
+def wrap(acc: np.ndarray, bits: int) -> np.ndarray:
+    """`acc` in a `bits`-bit two's complement register: (acc + 2^(bits-1)) mod 2^bits - 2^(bits-1).
+
+    Where the hardware wraps: the tile's shift-and-add unit adds every ADC read (shifted by its
+    input slice and cell position), then the other row tiles' partial sums, the digital offset
+    corrections and the bias into one acc_bits output register, each addition modulo 2^acc_bits.
+    Shifts and additions commute with reduction modulo 2^acc_bits, so wrapping the exact int64 sum
+    once, after the bias, gives the register's bits after every one of those steps. The ADC reads
+    themselves are analog and never wrap (the ADC clips, see _crossbar_tile).
+    """
+    if bits >= 64:
+        return acc
+    half = np.int64(1) << np.int64(bits - 1)
+    return ((acc + half) & ((half << np.int64(1)) - 1)) - half
+
+
 def _im2col(ux: np.ndarray, pad_value: int, attrs: dict, kernel: tuple[int, int], groups: int):
     """[N, C, H, W] -> ([N * OH * OW, groups, C/groups * kh * kw], OH, OW), padding = pad_value."""
     n, c, _, _ = ux.shape
@@ -143,6 +168,27 @@ def _per_column(a: np.ndarray, node: Node, w_shape: tuple[int, ...]) -> np.ndarr
     return full[:, 0, :].reshape(-1)
 
 
+def _dac_codes(q: np.ndarray, m: LayerMapping, zx: int, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(u_x, valid): DAC codes with q = x_min + x_step * u_x, and for bipolar inputs which elements hold
+    a real +-1 (a code 0, a crop worth exactly zero, is fed as u_x = 0 and left out of the correction)."""
+    valid = None
+    if m.x_scheme == "bipolar":
+        valid = (q != zx).astype(np.int64)
+        q = np.where(valid == 1, q, m.x_min)
+    u, rem = np.divmod(q - m.x_min, m.x_step)
+    if u.size and (rem.any() or u.min() < 0 or u.max() >= 2**m.a_bits):
+        raise QccError(f"CIM layer '{name}': input codes outside the mapped {m.a_bits}-bit range")
+    return u, valid
+
+
+def _weight_sums(wc: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The input offset correction's weight sums: sum of wc over every row, or per position over the
+    rows `mask` marks ([P, rows] 0/1; exact in float64 below 2^53)."""
+    if mask is None:
+        return wc.sum(axis=0)[None, :]
+    return np.rint(mask.astype(np.float64) @ wc.astype(np.float64)).astype(np.int64)
+
+
 def _mac(node: Node, args: list, m: LayerMapping, arch: Arch) -> list | None:
     x, w = args[0], args[1]
     bias = args[2] if len(args) > 2 else None
@@ -152,25 +198,30 @@ def _mac(node: Node, args: list, m: LayerMapping, arch: Arch) -> list | None:
     if w_scale is None:
         return None
     zx = int(x.zero_point.reshape(()))
-    ux = x.q - m.x_min
-    if ux.size and (ux.min() < 0 or ux.max() >= 2**m.a_bits):
-        raise QccError(f"CIM layer '{node.name}': input codes outside the mapped {m.a_bits}-bit range")
+    ux, valid = _dac_codes(x.q, m, zx, node.name)
     wc = m.weight_matrix()  # groups, rows, cols
+    mask = None  # [P, groups, rows]: rows holding a real bipolar input (None: every row counts)
     if node.op == "Conv":
         kernel = tuple(w.q.shape[2:])
-        cols, oh, ow = _im2col(ux, zx - m.x_min, node.attrs, kernel, m.groups)
+        if valid is None:  # padding fed as the code worth exactly zero
+            cols, oh, ow = _im2col(ux, zx - m.x_min, node.attrs, kernel, m.groups)
+        else:  # bipolar: padding fed as 0 and masked out of the correction
+            cols, oh, ow = _im2col(ux, 0, node.attrs, kernel, m.groups)
+            mask, _, _ = _im2col(valid, 0, node.attrs, kernel, m.groups)
         lead = (x.q.shape[0], oh, ow)
         per_sample = oh * ow
     else:
         lead = ux.shape[:-1]
         cols = ux.reshape(-1, 1, ux.shape[-1])
+        mask = None if valid is None else valid.reshape(-1, 1, ux.shape[-1])
         per_sample = int(np.prod(lead[1:], dtype=np.int64)) if len(lead) > 1 else 1
     parts = []
     for g in range(m.groups):
         xg = cols[:, g, :]
-        acc = crossbar_matmul(xg, m, g, arch, positions_per_sample=per_sample)
-        acc += xg.sum(axis=1, keepdims=True) * m.w_offset[g][None, :]  # offset encoding correction
-        acc += (m.x_min - zx) * wc[g].sum(axis=0)[None, :]  # input offset correction
+        acc = m.w_step * crossbar_matmul(xg, m, g, arch, positions_per_sample=per_sample)
+        acc += xg.sum(axis=1, keepdims=True) * m.w_offset[g][None, :]  # offset encoding: now sum(u_x * wc)
+        acc *= m.x_step
+        acc += (m.x_min - zx) * _weight_sums(wc[g], None if mask is None else mask[:, g, :])  # input offset
         parts.append(acc)
     acc = np.concatenate(parts, axis=1).reshape(*lead, -1)
     out_axis = acc.ndim - 1
@@ -185,6 +236,7 @@ def _mac(node: Node, args: list, m: LayerMapping, arch: Arch) -> list | None:
             return None
         b = np.broadcast_to(b, (channels,))
         acc = acc + bias_to_accumulator(b, acc_scale).reshape(channel_shape(acc.ndim, out_axis, channels))
+    acc = wrap(acc, arch.acc_bits)
     scale = acc_scale.reshape(channel_shape(acc.ndim, out_axis, channels)) if np.ptp(acc_scale) else \
         np.asarray(acc_scale[0])
     return [QTensor(acc, scale, np.zeros((), np.int64))]
@@ -201,7 +253,15 @@ class CrossbarSemantics(IntegerSemantics):
     def _evaluate(self, node: Node, args: list) -> list:
         m = self.mapping.layers.get(node.name)
         result = _mac(node, args, m, self.mapping.arch) if m is not None else None
-        return result if result is not None else evaluate_node(node, args)
+        if result is not None:
+            return result
+        result = evaluate_node(node, args)
+        if node.op in ACCUMULATING_OPS and result and isinstance(result[0], QTensor):
+            # the tile's digital unit (residual Add / Sub, Mul, average-pool sums, an unmapped MAC) adds
+            # in the same acc_bits registers, the widths qcc.ranges proves for every accumulating op
+            first = result[0]
+            result = [QTensor(wrap(first.q, self.mapping.arch.acc_bits), first.scale, first.zero_point), *result[1:]]
+        return result
 
     def evaluate(self, node: Node, args: list) -> list:
         if not self.skip_cropped:

@@ -48,6 +48,8 @@ def test_load_arch_round_trip_and_partial(tmp_path):
 
 @pytest.mark.parametrize("text, key", [
     ("rows = 0\n", "rows"),
+    ("acc_bits = 1\n", "acc_bits must be from 2 to 64"),
+    ("acc_bits = 65\n", "acc_bits must be from 2 to 64"),
     ("adc_energy_pj = -1.0\n", "adc_energy_pj"),
     ("colums = 4\n", "colums"),
     ("adc_bits = 6\n", "adc_bits"),

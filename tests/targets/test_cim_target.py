@@ -46,6 +46,17 @@ def test_compile_writes_artifacts(compiled):
     assert sum(len(x["ids"]) for layer in mapping["layers"] for x in layer["crossbars"]) == totals["crossbars"]
 
 
+def test_example_fits_the_default_accumulator(compiled):
+    from qcc.frontend.qir import load
+    from qcc.ranges import analyze, prove_no_overflow
+
+    # the fixture's compile ran the overflow proof (no --allow-overflow) against the 32-bit register
+    assert "acc_bits = 32" in (compiled / "arch.toml").read_text()
+    graph = load(compiled / "model.qir")
+    assert prove_no_overflow(graph, 32) == []
+    assert max(layer.bits for layer in analyze(graph).values()) <= 25
+
+
 def test_report_carries_the_cim_fields_per_layer_and_in_total(compiled):
     report = json.loads((compiled / "report.json").read_text())
     keys = ("crossbars", "utilisation", "adc_conversions", "cycles", "energy_pj", "latency_ns", "area_mm2",
