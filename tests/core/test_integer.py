@@ -172,3 +172,19 @@ def test_a_bias_beyond_62_bits_is_a_clear_error_not_a_wrapped_int64():
     assert bias_to_accumulator(np.float32([0.5, -0.25]), np.float64(0.25)).tolist() == [2, -1]
     with pytest.raises(QccError, match="more than 62 bits"):
         bias_to_accumulator(np.float32([0.1]), np.float64(2.0**-70))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 62), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_integer_contraction_is_exact_on_either_side_of_the_float64_limit(magnitude_bits, k, seed):
+    """The float64 (BLAS) path of integer contractions must give int64's exact result, and large codes
+    (partial sums >= 2^53) must fall back to int64 rather than round."""
+    from qcc.integer import _exact
+
+    rng = np.random.default_rng(seed)
+    limit = 2 ** min(magnitude_bits, 31)
+    x = rng.integers(-limit, limit, (3, k), dtype=np.int64)
+    w = rng.integers(-limit, limit, (k, 5), dtype=np.int64)
+    want = (x.astype(object) @ w.astype(object))
+    if np.all(np.abs(want) < 2**62):
+        np.testing.assert_array_equal(_exact(np.matmul, x, w, (-2,)), want.astype(np.int64))
