@@ -95,7 +95,7 @@ class AssignBitsPass(Pass):
     act_mode: Literal["peak", "sum"] = "peak"
     bops_budget: str | None = None  # e.g. "2G"
     target_budget: float | None = None  # in the unit of target_metric
-    target_metric: str = "energy_pj"
+    target_metric: str | None = None  # default: the target's budget_metric (cim: energy_pj, fpga: luts)
     metric: Literal["output_l2", "top1"] = "output_l2"
     pin: tuple[str, ...] = ()  # "layer=w_bits/a_bits"
     keep_first_last: bool = False
@@ -158,7 +158,7 @@ class AssignBitsPass(Pass):
                          f"{sum(len(lc.options) for lc in problem.layers)} options")
         solution = solve(problem)
         config = self.configuration(solution)
-        record = self._record(problem, solution)
+        record = self._record(problem, solution, self._metric(self._target(ctx)))
         ctx.config["quant_config"] = config
         if self.measure:
             record.update(self._measure(graph, config, ctx))
@@ -180,7 +180,7 @@ class AssignBitsPass(Pass):
         choices = self._pinned(graph, choices, ctx)
         budgets = self._budgets(target)
         if self.target_budget is not None:
-            choices = _with_target_costs(graph, choices, target, self.target_metric, self, ctx)
+            choices = _with_target_costs(graph, choices, target.assignment_target(), self._metric(target), self, ctx)
         ties = self._ties(graph, [n.name for n in layers], ctx)
         return Problem(tuple(LayerChoices(name, tuple(opts)) for name, opts in choices.items()), budgets, ties)
 
@@ -300,9 +300,20 @@ class AssignBitsPass(Pass):
         if self.target_budget is not None:
             if target is None:
                 raise QccError("target-budget needs a target (ctx.config['target'], e.g. --target cim)")
+            metric = self._metric(target)
             budgets.append(Budget("target_budget", TARGET, float(self.target_budget),
-                                  display=lambda v: f"{v:.6g} {self.target_metric}"))
+                                  display=lambda v: f"{v:.6g} {metric}"))
         return tuple(budgets)
+
+    def _metric(self, target: Target | None) -> str | None:
+        """The cost field the target budget limits: target-metric, else the target's budget_metric."""
+        if self.target_budget is None or target is None:
+            return self.target_metric
+        metric = self.target_metric or target.budget_metric
+        if metric is None:
+            raise QccError(f"target '{target.name}' has no default budget metric; give target-metric=<a cost "
+                           f"field of the target>")
+        return metric
 
     def _target(self, ctx: PassContext) -> Target | None:
         target = ctx.config.get("target")
@@ -313,12 +324,12 @@ class AssignBitsPass(Pass):
         return target
 
     # ------------------------------------------------------------------------------- results
-    def _record(self, problem: Problem, solution: Solution) -> dict[str, Any]:
+    def _record(self, problem: Problem, solution: Solution, metric: str | None) -> dict[str, Any]:
         layers = {name: {"w_bits": o.w_bits, "a_bits": o.a_bits, "w_scheme": o.w_scheme, "a_scheme": o.a_scheme}
                   for name, o in solution.choice.items()}
-        units = {WEIGHT_BITS: "bits", ACT_BITS: "bits", BOPS: "BOPs", TARGET: self.target_metric}
+        units = {WEIGHT_BITS: "bits", ACT_BITS: "bits", BOPS: "BOPs", TARGET: metric}
         texts = {option: value.text for option, _, _, value in self.budgets_given()}
-        texts["target_budget"] = f"{self.target_budget} {self.target_metric}"
+        texts["target_budget"] = f"{self.target_budget} {metric}"
         budgets = {b.name: {"limit": b.limit, "used": solution.used[b.name], "unit": units.get(b.quantity, ""),
                             "mode": b.mode, "text": texts.get(b.name, "")} for b in problem.budgets}
         totals = {"weight_bits": total(problem, solution.choice, WEIGHT_BITS),
@@ -326,7 +337,7 @@ class AssignBitsPass(Pass):
                   "act_bits_sum": total(problem, solution.choice, ACT_BITS),
                   "bops": total(problem, solution.choice, BOPS)}
         if self.target_budget is not None:
-            totals[f"target_{self.target_metric}"] = total(problem, solution.choice, TARGET)
+            totals[f"target_{metric}"] = total(problem, solution.choice, TARGET)
         return {"layers": layers, "objective": solution.objective, "metric": self.metric,
                 "predicted_l2": total(problem, solution.choice, _OUTPUT_L2), "budgets": budgets, "totals": totals}
 

@@ -96,6 +96,7 @@ class Target(ABC):
     name: str = ""
     table_fields: tuple[str, ...] = ()  # per-layer cost fields `qcc compile` shows as table columns
     accumulator_bits: int | None = None  # fixed accumulator width `qcc compile` proves enough (qcc.ranges)
+    budget_metric: str | None = None  # the LayerCost field assign-bits' target budget limits (e.g. "energy_pj")
 
     @abstractmethod
     def legal_bits(self, node: Node) -> LegalBits: ...
@@ -119,6 +120,14 @@ class Target(ABC):
         Called before the pipeline runs; layer names are checked against the graph at lowering.
         """
         return None
+
+    def assignment_target(self) -> Target:
+        """The target assign-bits costs candidate bit-widths with.
+
+        Its per-layer costs must be additive across layers; a target whose `cost` re-plans the whole
+        design under a budget (FPGA folding under a LUT budget) returns a copy with a fixed plan.
+        """
+        return self
 
     def explain(self, graph: Graph) -> dict[str, tuple[str, str]]:
         """Per node name: (what it becomes on this target, why), for `qcc compile --explain`."""

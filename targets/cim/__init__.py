@@ -52,6 +52,7 @@ class CimTarget(Target):
     name = "cim"
     # per-layer cost columns of the `qcc compile` table (keys of LayerCost.fields), with totals
     table_fields = ("crossbars", "adc_conversions", "cycles", "energy_pj", "latency_ns")
+    budget_metric = "energy_pj"  # what --energy-budget limits in assign-bits
 
     def __init__(self, arch: str | Path | Arch | None = None, energy_budget: str | float | None = None,
                  **others):

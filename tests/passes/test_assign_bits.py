@@ -175,6 +175,7 @@ class _FakeTarget(Target):
     """Executes 2/4/8-bit weights and 4/8-bit activations; energy = MACs x w x a / 1000 + weight bits / 100."""
 
     name = "fake"
+    budget_metric = "energy_pj"
 
     def legal_bits(self, node: Node) -> LegalBits:
         return LegalBits(weight_bits=(2, 4, 8), activation_bits=(4, 8), schemes=("uniform",))
@@ -332,3 +333,11 @@ def test_target_legal_bits_that_exclude_everything(calibrated):
 def test_rerun_is_unchanged(calibrated):
     g, ctx = _run(calibrated, "assign-bits{weight-budget=40kb,measure=false}")
     assert not AssignBitsPass(weight_budget="40kb", measure=False)(g, ctx).changed
+
+
+def test_target_budget_without_a_metric_is_a_clear_error(calibrated):
+    class NoMetric(_FakeTarget):
+        budget_metric = None
+
+    with pytest.raises(QccError, match="target 'fake' has no default budget metric; give target-metric"):
+        _run(calibrated, "assign-bits{target-budget=10.0,measure=false}", target=NoMetric())
