@@ -362,12 +362,6 @@ class _Ref:
     hw_name: str  # the hardware stream carrying the value
 
 
-# The XNOR-popcount unit mismatched the interpreter on a 1x1 bipolar conv (found by the equivalence
-# matrix, tests/equivalence); until that is fixed, bipolar convolutions run on the exact multiplier
-# path and only dense layers use XNOR + popcount.
-_XNOR_CONV = False
-
-
 def _unsupported(node: Node, why: str) -> QccError:
     return QccError(f"fpga target cannot lower node '{node.name}' ({node.op}): {why}")
 
@@ -622,8 +616,11 @@ class _Builder:
             layer = self._dense(node, s, wc, w_scale)
         layer.weight_bits = w_bits
         layer.src = (r.hw_name,)
-        layer.bipolar = isinstance(w.quant, Bipolar) and s.binary and not (
-            isinstance(layer, ConvLayer) and (any(layer.pads) or not _XNOR_CONV))
+        # +-1 weights on a +-1 stream: XNOR + popcount (a padded convolution's window also holds the pad
+        # value 0, which the unit recognises and leaves out of the count). A grouped convolution's
+        # block-diagonal matrix has zeros off the groups: those stay on the multiplier path.
+        layer.bipolar = (isinstance(w.quant, Bipolar) and s.binary and (s.lo, s.hi, int(s.zp[0])) == (-1, 1, 0)
+                         and bool(np.all(np.abs(layer.weights) == 1)))
         acc_scale = float(s.scale[0]) * self._w_scale
         stream = _Stream(acc_scale, np.zeros(layer.n_out, np.int64), layer.acc_lo, layer.acc_hi, layer.n_out,
                          layer.out_hw if isinstance(layer, ConvLayer) else (1, 1), node.op != "Conv")

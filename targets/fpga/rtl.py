@@ -11,7 +11,15 @@ Icarus evaluates the arithmetic only when a step fires. The output vector is pre
 out_valid until out_ready takes it; then the next input is accepted.
 
 Bipolar layers (+-1 weights on a +-1 stream) store one bit per weight and compute each SIMD slice
-as 2 * popcount(xnor(w, x)) - SIMD: no multipliers. Codebook weights are stored as their integer
+as 2 * popcount(xnor(w, x)) - SIMD: no multipliers. In a padded convolution the window generator
+fills padded positions with the pad value 0 (codes +1 = 01, -1 = 11, pad = 00), so the code's low
+bit is a valid mask and the slice is 2 * popcount(xnor & valid) - popcount(valid): a padded position
+counts 0, as in the reference. Each xnor is a 1-bit net: written inside a wider sum, Verilog would
+first zero-extend the operands of ~^ and the extended zeros would XNOR to ones.
+
+The clocked processes are written for simulation speed as well as synthesis (Icarus pays for every
+variable a process reads on every clock edge): each module's conditions are nets, and an idle
+module's process tests a single `act` net. Codebook weights are stored as their integer
 centroid values (precomputed, not index + lookup): the multiplier is the same either way, and for
 the <= 8-bit centroids qcc produces, a per-lane K-entry lookup mux costs more LUTs than the ROM bits
 an index would save (log2 K vs the centroid width).
@@ -92,47 +100,45 @@ def mvu_module(layer: DenseLayer, mod: str, directory: Path) -> tuple[str, list[
         f"  initial $readmemh(\"{wfile.name}\", wrom);",
         f"  reg [{layer.n_in * aw - 1}:0] xbuf;",
         "  reg busy, issuing;",
-        f"  reg [{nfw - 1}:0] nf_i, s1_nf;",
-        f"  reg [{sfw - 1}:0] sf_i, s1_sf;",
+        f"  reg [{nfw - 1}:0] s1_nf;",
+        f"  reg [{sfw - 1}:0] s1_sf;",
         f"  reg [{clog2(depth + 1) - 1}:0] addr;",
         f"  reg [{pe * simd * ww - 1}:0] wword;",
-        "  reg s1_v, s1_first, s1_last, s1_final;",
+        "  reg s1_v;",
         f"  reg signed [{accw - 1}:0] " + ", ".join(f"acc_{p}" for p in range(pe)) + ";",
         f"  reg signed [{accw - 1}:0] " + ", ".join(f"sum_{p}" for p in range(pe)) + ";",
-        f"  reg [{clog2(simd + 1)}:0] pc;",
+        f"  reg [{clog2(simd + 1)}:0] pc, pv;",
         "  integer i;",
         *[f"  wire [{chw - 1}:0] ch_{p} = s1_nf * {pe} + {p};" for p in range(pe)],
         *_element_nets(layer, ww, aw, xw),
         "__PARAMS__",
         *post_decls,
         "  assign in_ready = !busy;",
-        "  always @(posedge clk) wword <= wrom[addr];",
-        "  always @(posedge clk) begin",
+        "  // conditions as nets: Icarus re-evaluates a net when an operand changes, while a process reads",
+        "  // every variable it tests on every clock edge",
+        f"  wire s1_first = (s1_sf == 0), s1_last = (s1_sf == {sf - 1}), s1_final = s1_last && (s1_nf == {nf - 1});",
+        f"  wire a_end = (addr == {depth - 1});",
+        "  wire start = in_valid && !busy, oxfer = out_valid && out_ready;",
+        "  wire act = rst || oxfer || start || s1_v || issuing;  // an idle unit's process tests one net",
+        "  always @(posedge clk) if (issuing) wword <= wrom[addr];",
+        "  always @(posedge clk) if (act) begin",
         "    if (rst) begin",
-        "      busy <= 0; issuing <= 0; s1_v <= 0; out_valid <= 0; addr <= 0; nf_i <= 0; sf_i <= 0;",
+        "      busy <= 0; issuing <= 0; s1_v <= 0; out_valid <= 0; addr <= 0;",
         "    end else begin",
-        "      if (out_valid && out_ready) begin out_valid <= 0; busy <= 0; end",
-        "      if (in_valid && !busy) begin",
-        "        xbuf <= in_data; busy <= 1; issuing <= 1; nf_i <= 0; sf_i <= 0; addr <= 0;",
+        "      if (oxfer) begin out_valid <= 0; busy <= 0; end",
+        "      if (start) begin",
+        "        xbuf <= in_data; busy <= 1; issuing <= 1; addr <= 0; s1_nf <= 0; s1_sf <= 0;",
         "      end",
-        "      // stage 1: the ROM word for (nf_i, sf_i) is read",
-        "      s1_v <= issuing; s1_nf <= nf_i; s1_sf <= sf_i;",
-        f"      s1_first <= (sf_i == 0); s1_last <= (sf_i == {sf - 1});",
-        f"      s1_final <= (nf_i == {nf - 1}) && (sf_i == {sf - 1});",
-        "      if (issuing) begin",
-        "        addr <= addr + 1;",
-        f"        if (sf_i == {sf - 1}) begin sf_i <= 0; nf_i <= nf_i + 1; end else sf_i <= sf_i + 1;",
-        f"        if ((nf_i == {nf - 1}) && (sf_i == {sf - 1})) issuing <= 0;",
-        "      end",
-        "      // stage 2: SIMD dot products into the accumulators; post-ops after a group's last step",
+        "      // stage 2 (the word of step (s1_nf, s1_sf) was read): SIMD dot products into the accumulators;",
+        "      // post-ops after a group's last step",
         "      if (s1_v) begin",
+        "        s1_v <= 0;",
     ]
     for p, bias, _, _ in lane_code:
         lines.append(f"        sum_{p} = s1_first ? {bias} : acc_{p};")
         if layer.bipolar:
-            terms = " + ".join(f"(wb_{p}_{s} ~^ xb_{s})" for s in range(simd))
-            lines += [f"        pc = {terms};", f"        sum_{p} = sum_{p} + 2 * $signed({{1'b0, pc}}) - {simd};"]
-        else:
+            lines += _popcount_lines(layer, p)
+        else:  # in the process, not as nets: a net sum of SIMD products re-evaluates per changed operand
             for s0 in range(0, simd, 8):
                 terms = " + ".join(f"w_{p}_{s} * xc_{s}" for s in range(s0, min(simd, s0 + 8)))
                 lines.append(f"        sum_{p} = sum_{p} + {terms};")
@@ -142,7 +148,14 @@ def mvu_module(layer: DenseLayer, mod: str, directory: Path) -> tuple[str, list[
         lines += ["    " + s for s in stmts]
         lines.append(f"          out_data[ch_{p}*{ow} +: {ow}] <= {final};")
     lines += ["          if (s1_final) out_valid <= 1;",
+              "          s1_sf <= 0; s1_nf <= s1_nf + 1;",
               "        end",
+              "        else s1_sf <= s1_sf + 1;",
+              "      end",
+              "      // stage 1: the ROM word at addr = nf * SF + sf is read (stage 2 counts the same steps)",
+              "      if (issuing) begin",
+              "        s1_v <= 1; addr <= addr + 1;",
+              "        if (a_end) issuing <= 0;",
               "      end",
               "    end",
               "  end",
@@ -165,6 +178,8 @@ def _element_nets(layer: DenseLayer, ww: int, aw: int, xw: int) -> list[str]:
     for s in range(simd):
         if layer.bipolar:
             lines.append(f"  wire xb_{s} = !xs[{s * aw + aw - 1}];")
+            if _masked(layer):  # +1 = ..01, -1 = ..11, a padded 0 = ..00: the low bit marks a real input
+                lines.append(f"  wire xv_{s} = xs[{s * aw}];")
         else:
             zp = lit(layer.in_zp, aw + 1)
             lines.append(f"  wire signed [{xw - 1}:0] xc_{s} = $signed(xs[{s * aw} +: {aw}]) - {zp};")
@@ -172,10 +187,30 @@ def _element_nets(layer: DenseLayer, ww: int, aw: int, xw: int) -> list[str]:
         for s in range(simd):
             k = p * simd + s
             if layer.bipolar:
+                # 1-bit nets: inside a wider expression, ~^ would first zero-extend its operands to the
+                # expression's width, and the extended zeros XNOR to ones (each term then added 2^W - 2)
                 lines.append(f"  wire wb_{p}_{s} = wword[{k}];")
+                lines.append(f"  wire xn_{p}_{s} = wb_{p}_{s} ~^ xb_{s};")
             else:
                 lines.append(f"  wire signed [{ww - 1}:0] w_{p}_{s} = wword[{k * ww} +: {ww}];")
     return lines
+
+
+def _masked(layer: DenseLayer) -> bool:
+    """A padded bipolar convolution: window elements may be the pad value 0, which counts for nothing."""
+    return layer.bipolar and isinstance(layer, ConvLayer) and any(layer.pads)
+
+
+def _popcount_lines(layer: DenseLayer, p: int) -> list[str]:
+    """Lane p's SIMD slice of +-1 products: 2 * popcount(xnor) - SIMD, or over the valid elements only."""
+    simd = layer.simd
+    if not _masked(layer):
+        terms = " + ".join(f"xn_{p}_{s}" for s in range(simd))
+        return [f"        pc = {terms};", f"        sum_{p} = sum_{p} + 2 * $signed({{1'b0, pc}}) - {simd};"]
+    terms = " + ".join(f"(xn_{p}_{s} & xv_{s})" for s in range(simd))
+    valid = " + ".join(f"xv_{s}" for s in range(simd))
+    return [f"        pc = {terms};", f"        pv = {valid};",
+            f"        sum_{p} = sum_{p} + 2 * $signed({{1'b0, pc}}) - $signed({{1'b0, pv}});"]
 
 
 # ------------------------------------------------------------------------------ top level

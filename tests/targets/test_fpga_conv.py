@@ -125,6 +125,95 @@ def test_conv_layer_matches_integer_reference_more(case, tmp_path_factory):
     test_conv_layer_matches_integer_reference.hypothesis.inner_test(case, tmp_path_factory)
 
 
+def _sign_layer(g: Graph, rng, x, cin: int):
+    """A 1x1 conv with uniform weights and a bipolar annotation: the +-1 stream a bipolar conv reads."""
+    w = g.add_constant("w0", (rng.integers(-7, 8, (cin, cin, 1, 1)) * 0.1).astype(np.float32),
+                       quant=Uniform(bits=4, scale=0.1))
+    b = g.add_constant("b0", rng.normal(0, 0.3, cin).astype(np.float32))
+    h = g.add_node("Conv", [x, w, b], attrs={"kernel_shape": [1, 1]}, name="sign").outputs[0]
+    h.quant = Bipolar(scale=float(rng.choice([0.5, 1.0])))
+    return h
+
+
+@st.composite
+def bipolar_convs(draw):
+    """A bipolar-weight conv on a +-1 stream (kernel 1-3, strides 1-2, any padding < kernel, folding)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    cin, cout = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(3, 6)), draw(st.integers(3, 6))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = [draw(st.integers(0, k - 1)) for k in (kh, kw, kh, kw)]
+    strides = [draw(st.integers(1, 2)), draw(st.integers(1, 2))]
+    g = Graph()
+    x = g.add_input("x", TensorType(("N", cin, h, w), "float32"))
+    x.quant = Uniform(bits=4, signed=True, scale=0.2)
+    hid = _sign_layer(g, rng, x, cin)
+    if draw(st.booleans()):  # max pooling keeps the stream +-1
+        attrs = {"kernel_shape": [2, 2], "strides": [1, 1], "pads": [0, 0, 1, 1]}
+        hid = g.add_node("MaxPool", [hid], attrs=attrs, name="pool").outputs[0]
+    spec = Bipolar(scale=tuple(float(v) for v in rng.uniform(0.01, 0.5, cout)), axis=0)
+    signs = np.where(rng.random((cout, cin, kh, kw)) < 0.5, -1.0, 1.0)
+    wv = g.add_constant("w", (signs * np.asarray(spec.scale)[:, None, None, None]).astype(np.float32), quant=spec)
+    b = g.add_constant("b", rng.normal(0, 1, cout).astype(np.float32))
+    attrs = {"kernel_shape": [kh, kw], "strides": strides, "pads": pads}
+    y = g.add_node("Conv", [hid, wv, b], attrs=attrs, name="conv").outputs[0]
+    if draw(st.booleans()):
+        y.quant = Bipolar(scale=0.5)
+    else:
+        y = _post(draw, rng, g, y, cout)
+    g.set_outputs([y])
+    xs = rng.normal(0, 1, (draw(st.integers(1, 3)), cin, h, w)).astype(np.float32)
+    return g, xs, {"conv": (_divisor(draw, cout), _divisor(draw, kh * kw * cin))}
+
+
+@settings(max_examples=10, **_SETTINGS)
+@given(case=bipolar_convs())
+def test_bipolar_conv_xnor_popcount_matches_integer_reference(case, tmp_path_factory):
+    g, x, folding = case
+    plan = _check(g, x, tmp_path_factory.mktemp("bconv"), folding)
+    assert plan.layers[-1].name == "conv" and plan.layers[-1].bipolar
+
+
+@pytest.mark.slow
+@settings(max_examples=80, **_SETTINGS)
+@given(case=bipolar_convs())
+def test_bipolar_conv_xnor_popcount_matches_integer_reference_more(case, tmp_path_factory):
+    test_bipolar_conv_xnor_popcount_matches_integer_reference.hypothesis.inner_test(case, tmp_path_factory)
+
+
+@pytest.mark.parametrize("kernel,pads,folding", [(1, 0, (1, 1)), (1, 0, (3, 2)), (3, 1, (1, 1)), (3, 1, (3, 9))])
+def test_bipolar_conv_regression(tmp_path, kernel, pads, folding):
+    """The equivalence matrix's case: a 1x1 bipolar conv (each ~^ term once counted 2^W - 2 too much)."""
+    rng = np.random.default_rng(0)
+    g = Graph()
+    x = g.add_input("x", TensorType(("N", 2, 4, 4), "float32"))
+    x.quant = Uniform(bits=4, signed=True, scale=0.2)
+    hid = _sign_layer(g, rng, x, 2)
+    w = g.add_constant("w", (np.where(rng.random((3, 2, kernel, kernel)) < 0.5, -1, 1) * 0.1).astype(np.float32),
+                       quant=Bipolar(scale=0.1))
+    b = g.add_constant("b", np.array([-0.7, -1.3, 0.6], np.float32))  # a bias: no lucky wrap-around
+    attrs = {"kernel_shape": [kernel, kernel], "pads": [pads] * 4}
+    g.set_outputs([g.add_node("Conv", [hid, w, b], attrs=attrs, name="conv").outputs[0]])
+    plan = _check(g, rng.normal(0, 1, (2, 2, 4, 4)).astype(np.float32), tmp_path, {"conv": folding})
+    assert plan.layers[-1].bipolar
+    assert "~^" in (tmp_path / "rtl" / "qcc_conv1.v").read_text()
+
+
+def test_grouped_bipolar_conv_uses_multipliers(tmp_path):
+    """A depthwise bipolar conv's block-diagonal matrix holds zeros: exact, on the multiplier path."""
+    rng = np.random.default_rng(1)
+    g = Graph()
+    x = g.add_input("x", TensorType(("N", 2, 4, 4), "float32"))
+    x.quant = Uniform(bits=4, signed=True, scale=0.2)
+    hid = _sign_layer(g, rng, x, 2)
+    w = g.add_constant("w", (np.where(rng.random((2, 1, 3, 3)) < 0.5, -1, 1) * 0.1).astype(np.float32),
+                       quant=Bipolar(scale=0.1))
+    attrs = {"kernel_shape": [3, 3], "pads": [1] * 4, "group": 2}
+    g.set_outputs([g.add_node("Conv", [hid, w], attrs=attrs, name="conv").outputs[0]])
+    plan = _check(g, rng.normal(0, 1, (2, 2, 4, 4)).astype(np.float32), tmp_path)
+    assert not plan.layers[-1].bipolar
+
+
 def _act(g: Graph, h, bits: int, scale: float, relu=True):
     if relu:
         h = g.add_node("Relu", [h]).outputs[0]

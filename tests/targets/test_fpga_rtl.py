@@ -92,6 +92,42 @@ def test_dense_layer_matches_integer_reference_more(layer, tmp_path_factory):
     test_dense_layer_matches_integer_reference.hypothesis.inner_test(layer, tmp_path_factory)
 
 
+@st.composite
+def bipolar_mlps(draw):
+    """A uniform Gemm with a bipolar annotation, then a bipolar-weight Gemm on that +-1 vector (XNOR path)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    n_in, n_hid, n_out = draw(st.integers(1, 8)), draw(st.integers(1, 12)), draw(st.integers(1, 6))
+    g = Graph()
+    x = g.add_input("x", TensorType(("N", n_in), "float32"))
+    x.quant = Uniform(bits=4, signed=True, scale=0.2)
+    w0 = g.add_constant("w0", (rng.integers(-7, 8, (n_hid, n_in)) * 0.1).astype(np.float32),
+                        quant=Uniform(bits=4, scale=0.1))
+    h = g.add_node("Gemm", [x, w0], attrs={"transB": 1}, name="fc0").outputs[0]
+    h.quant = Bipolar(scale=1.0)
+    spec = Bipolar(scale=tuple(float(v) for v in rng.uniform(0.01, 0.5, n_out)), axis=0)
+    w1 = g.add_constant("w1", (np.where(rng.random((n_out, n_hid)) < 0.5, -1, 1)
+                               * np.asarray(spec.scale)[:, None]).astype(np.float32), quant=spec)
+    b = g.add_constant("b", rng.normal(0, 1, n_out).astype(np.float32))
+    g.set_outputs([g.add_node("Gemm", [h, w1, b], attrs={"transB": 1}, name="fc1").outputs[0]])
+    x_data = rng.normal(0, 1.5, (draw(st.integers(1, 6)), n_in)).astype(np.float32)
+    return g, x_data, _divisor(draw, n_out), _divisor(draw, n_hid)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=bipolar_mlps())
+def test_bipolar_dense_layer_matches_integer_reference(case, tmp_path_factory):
+    g, x, pe, simd = case
+    tmp = tmp_path_factory.mktemp("bdense")
+    plan = plan_graph(g)
+    plan.layers[1].pe, plan.layers[1].simd = pe, simd
+    assert plan.layers[1].bipolar
+    rtl = emit_design(plan, tmp / "rtl")
+    tb = emit_testbench(plan, tmp / "tb.v")
+    codes, _ = simulate_codes(plan, list(rtl.verilog), tb, quantize(x, plan.input_spec))
+    out = ((codes - plan.out_zp).astype(np.float64) * plan.out_scale).astype(np.float32)
+    np.testing.assert_array_equal(out, run(g, {"x": x}, mode="int")[plan.output_name])
+
+
 def test_accumulator_width_covers_the_worst_case():
     g = Graph()
     x = g.add_input("x", TensorType(("N", 64), "float32"))
