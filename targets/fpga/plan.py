@@ -20,13 +20,19 @@ hardware computes exactly what the reference interpreter computes:
   a thresholds annotation (comparator chain, qcc.numerics.integer_thresholds), a bipolar annotation
   (sign). A per-channel value that the reference turns into a float island (Flatten of a per-channel
   GlobalAveragePool result) and then quantizes becomes a threshold table found by bisection on the
-  reference function itself (qcc.numerics.step_thresholds), so it is exact;
+  reference function itself (qcc.numerics.step_thresholds), so it is exact. So does a float
+  BatchNormalization (+ Relu / Clip) ending in a quantizer, which fold-bn{thresholds=true} leaves where
+  a BN scale is negative: per channel a monotone step function of the accumulator, non-increasing on
+  the negative channels, so the chain counts down from qmax there (a per-channel step of -1);
 - a stream read by two stages passes a ForkLayer whose output FIFOs are deep enough for the other
   branch's buffering (window rows), so a residual block cannot deadlock;
 - the last value's codes are dequantized on the host with the scale the reference uses.
 
-Every code range is tracked exactly (an interval per stage), so accumulator and stream widths are
-sized from the worst case (weights known, input code range known) and nothing overflows.
+Every code range is tracked (an interval per stage), so stream widths are sized from the worst case
+and nothing overflows. A matrix-vector unit's accumulator range is qcc.ranges' (the range analysis:
+exact per output element, padding included, so a padded convolution whose border windows never see the
+whole kernel gets no more bits than it needs); see `_Builder.take_range` for why the final range also
+bounds what the accumulator register must hold during a folded reduction.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qcc.errors import QccError
-from qcc.integer import QTensor, constant_value, quantize_result, to_float
+from qcc.errors import LoweringError, QccError
+from qcc.integer import QTensor, constant_value, evaluate_node, quantize_result, to_float
 from qcc.ir.graph import Graph, Node, Value
 from qcc.ir.quant import Bipolar, Codebook, Thresholds, Uniform
 from qcc.numerics import (
@@ -47,12 +53,14 @@ from qcc.numerics import (
     requantize,
     step_thresholds,
 )
+from qcc.ranges import LayerRange, analyze
 
 __all__ = ["PostOp", "DenseLayer", "ConvLayer", "StreamLayer", "PoolLayer", "GapLayer", "AddLayer", "ForkLayer",
            "MapLayer", "StreamInfo", "Plan", "plan_graph", "signed_bits", "LOWERABLE_OPS"]
 
 LOWERABLE_OPS = ("Gemm", "MatMul", "Conv", "Relu", "MaxPool", "GlobalAveragePool", "Add", "Sub", "Flatten",
-                 "Reshape", "Identity")
+                 "Reshape", "Identity", "BatchNormalization", "Clip")
+_CHAIN_OPS = ("BatchNormalization", "Relu", "Clip", "Identity")  # per-channel, monotone, elementwise
 _FREE_OPS = {"Flatten", "Reshape", "Identity"}
 _BIG = 2**62
 
@@ -70,7 +78,8 @@ class PostOp:
     """One per-channel integer step after a stage's core result.
 
     kind: "relu" (params zp), "requant" (m0, n, zp, centre, qmin, qmax), "thresholds" (table [C, T],
-    optional base: out = base + number of thresholds <= v), "bipolar" (zp), "centre" (zp: v - zp).
+    optional base and step: out = base + step * number of thresholds <= v; step 1 by default),
+    "bipolar" (zp), "centre" (zp: v - zp).
     Parameters are int64 vectors of length C (one per channel). lo / hi: the range of the output.
     """
 
@@ -362,8 +371,40 @@ class _Ref:
     hw_name: str  # the hardware stream carrying the value
 
 
-def _unsupported(node: Node, why: str) -> QccError:
-    return QccError(f"fpga target cannot lower node '{node.name}' ({node.op}): {why}")
+_CPU = "compile for --target cpu, which runs every op"
+_FLOAT_OPS = {"BatchNormalization": "a BatchNormalization left in float (fold-bn keeps it when it cannot fold it, "
+                                    "e.g. a negative scale under thresholds=true)"}
+
+
+def _unsupported(node: Node, why: str, remedy: str = _CPU) -> LoweringError:
+    """The refusal of one node: what stops it and the user's next step (a config line, another target)."""
+    return LoweringError("fpga", node.name, node.op, why, remedy)
+
+
+def _layer_key(name: str) -> str:
+    return f'[layers."{name}"]'
+
+
+def _unsupported_op(node: Node) -> LoweringError:
+    if node.op == "Clip":
+        return _unsupported(node, "a Clip on an integer stream (Clip is lowered only after a float "
+                                  "BatchNormalization, inside its comparator chain)")
+    why = _FLOAT_OPS.get(node.op, f"the op is not supported (supported: {', '.join(LOWERABLE_OPS)})")
+    if node.op == "BatchNormalization":
+        return _unsupported(node, why, "fold it into the layer before it (the fold-bn pass without thresholds=true "
+                                       "folds any scale), or " + _CPU)
+    return _unsupported(node, why)
+
+
+def _quantize_remedy(value: Value, reader: Node | None = None) -> str:
+    """How to make `value` a quantized stream: its reader's activation scheme (a layer's a_scheme is the
+    precision of the input it reads, qcc.config), unless a float op produced it; or run on the CPU."""
+    producer = value.producer
+    if producer is not None and producer.op in _FLOAT_OPS:
+        return _unsupported_op(producer).remedy
+    reader = reader or (value.uses[0][0] if value.uses else None)
+    where = f" in {_layer_key(reader.name)} of --config" if reader is not None else ""
+    return f"quantize it (a_scheme = \"uniform\" or \"bipolar\"{where}, not float), or " + _CPU
 
 
 def _vec(a, n: int, dtype) -> np.ndarray:
@@ -384,7 +425,8 @@ def _requant(node: Node, stream: _Stream, spec: Uniform) -> tuple[PostOp, _Strea
     out_scale, out_zp = _spec_vectors(spec, c)
     pairs = [quantize_multiplier(float(m)) for m in stream.scale / out_scale]
     if any(n < 0 for _, n in pairs):
-        raise _unsupported(node, "a requantization multiplier >= 2^31 (degenerate activation range)")
+        raise _unsupported(node, "a requantization multiplier >= 2^31 (degenerate activation range)",
+                           "calibrate with data that exercise this layer (--calib), or " + _CPU)
     params = {"m0": np.array([p[0] for p in pairs], np.int64), "n": np.array([p[1] for p in pairs], np.int64),
               "zp": out_zp, "centre": stream.zp.copy()}
     op = PostOp("requant", params, lo=spec.qmin, hi=spec.qmax)
@@ -398,10 +440,12 @@ def _threshold_op(node: Node, stream: _Stream, spec: Thresholds) -> tuple[PostOp
     else:
         table = integer_thresholds(spec, stream.scale, stream.zp)
     if table.shape[0] != c:
-        raise _unsupported(node, f"{table.shape[0]} threshold rows for {c} channels")
+        raise _unsupported(node, f"{table.shape[0]} threshold rows for {c} channels",
+                           "give one threshold row per channel (or one row shared by all), or " + _CPU)
     ratio = spec.out_bias / spec.out_scale
     if not float(ratio).is_integer():
-        raise _unsupported(node, "thresholds whose out_bias is not a multiple of out_scale (a float result)")
+        raise _unsupported(node, "thresholds whose out_bias is not a multiple of out_scale (a float result)",
+                           "use an out_bias that is an integer multiple of out_scale, or " + _CPU)
     table = np.clip(table, stream.lo, stream.hi + 1)  # beyond the input range: always / never reached
     levels = table.shape[1]
     op = PostOp("thresholds", {"table": table}, lo=0, hi=levels)
@@ -416,10 +460,16 @@ def _bipolar_op(stream: _Stream, spec: Bipolar) -> tuple[PostOp, _Stream]:
                        True)
 
 
+def _annotation_crop(node: Node, value: Value) -> LoweringError:
+    return _unsupported(node, f"its output '{value.name}' has a cropped region (the RTL streams whole maps)",
+                        f"remove `crop` from {_layer_key(node.name)} in --config, or compile for --target cim "
+                        "or cpu, which skip cropped regions")
+
+
 def _annotation(node: Node, value: Value, stream: _Stream) -> tuple[PostOp | None, _Stream]:
     spec = value.quant
     if value.region is not None and not value.region.empty:
-        raise _unsupported(node, "cropped regions")
+        raise _annotation_crop(node, value)
     if spec is None:
         return None, stream
     if isinstance(spec, Uniform):
@@ -428,7 +478,10 @@ def _annotation(node: Node, value: Value, stream: _Stream) -> tuple[PostOp | Non
         return _threshold_op(node, stream, spec)
     if isinstance(spec, Bipolar):
         return _bipolar_op(stream, spec)
-    raise _unsupported(node, f"a {spec.scheme} annotation on an activation")
+    reader = value.uses[0][0] if value.uses else None
+    where = f" in {_layer_key(reader.name)} of --config" if reader is not None else ""
+    raise _unsupported(node, f"a {spec.scheme} annotation on its output '{value.name}'",
+                       f"use a_scheme = \"uniform\" or \"bipolar\"{where}, or " + _CPU)
 
 
 def _float_island_op(node: Node, value: Value, stream: _Stream) -> tuple[PostOp, _Stream]:
@@ -443,7 +496,8 @@ def _float_island_op(node: Node, value: Value, stream: _Stream) -> tuple[PostOp,
     if isinstance(spec, Bipolar):  # sign of s (q - z) with s > 0 is the sign of q - z
         return _bipolar_op(stream, spec)
     if not isinstance(spec, Uniform) or spec.axis is not None:
-        raise _unsupported(node, "a per-channel value turned to float needs a per-tensor uniform annotation")
+        raise _unsupported(node, "a per-channel value turned to float needs a per-tensor uniform annotation",
+                           f"quantize '{value.name}' per tensor with a uniform scheme, or " + _CPU)
     scale = stream.scale.reshape(c, 1)
     zp = stream.zp.reshape(c, 1)
 
@@ -461,6 +515,112 @@ def _float_island_op(node: Node, value: Value, stream: _Stream) -> tuple[PostOp,
     return op, _Stream(out_scale, out_zp, spec.qmin, spec.qmax, c, stream.hw, stream.flat)
 
 
+def _float_chain(graph: Graph, node: Node) -> list[Node]:
+    """A float BatchNormalization and the single-use per-channel monotone ops after it (Relu, Clip, BN,
+    Identity), up to the first annotated value: on the hardware one comparator chain. One MaxPool may
+    sit in the chain with only non-decreasing ops (Relu, Clip, Identity) after it: with Q the rest of
+    the chain and the quantizer (non-decreasing), Q(max_i v_i) = max_i Q(v_i), so the pool runs on the
+    quantized codes after the comparator chain."""
+    chain, value = [node], node.outputs[0]
+    pooled = False
+    while value.quant is None:
+        user = value.uses[0][0] if len(value.uses) == 1 and not graph.is_output(value) else None
+        allowed = _CHAIN_OPS if not pooled else ("Relu", "Clip", "Identity")
+        if user is not None and user.op == "MaxPool" and not pooled:
+            allowed, pooled = ("MaxPool",), True
+        if user is None or user.op not in allowed or len(user.outputs) != 1:
+            where = (f"is read by {user.op} '{user.name}'" if user is not None else
+                     f"is read by {len(value.uses)} nodes" if value.uses else "is a graph output")
+            raise _unsupported(node, f"a float {node.op} whose result reaches no quantized value through "
+                                     f"{' / '.join(_CHAIN_OPS)} / one MaxPool (the float value '{value.name}' {where})",
+                               _unsupported_op(node).remedy)
+        chain.append(user)
+        value = user.outputs[0]
+    for n in chain:
+        if any(v is not None and not v.is_constant for v in n.inputs[1:]):
+            raise _unsupported(n, "a per-channel parameter computed at run time", _unsupported_op(node).remedy)
+        region = n.outputs[0].region
+        if region is not None and not region.empty:
+            raise _annotation_crop(n, n.outputs[0])
+    return chain
+
+
+def _chain_levels(chain: list[Node], spec, stream: _Stream, shape: tuple[int, ...]):
+    """The reference's map from accumulator codes to output codes through the pointwise `chain`, per channel.
+
+    levels(q) for q [C, K] (row c: codes of channel c) runs qcc.integer.evaluate_node on each node
+    (BN, Relu, Clip in float32 on the dequantized codes, as the interpreter does), then the quantizer
+    `spec`, and returns the output codes [C, K]. (Only the chain's end is annotated, _float_chain.)
+    """
+    c = stream.width
+    scale, zp = stream.scale.reshape(shape), stream.zp.reshape(shape)
+
+    def levels(q: np.ndarray) -> np.ndarray:
+        k = q.shape[1]
+        cur = QTensor(np.ascontiguousarray(q.T).reshape(k, *shape[1:]), scale, zp)
+        for n in chain:
+            cur = evaluate_node(n, [cur, *(constant_value(v) if v is not None else None for v in n.inputs[1:])])[0]
+        cur = quantize_result(cur, spec)
+        return np.asarray(cur.q, np.int64).reshape(k, c).T
+
+    return levels
+
+
+def _chain_op(node: Node, chain: list[Node], end: Value, stream: _Stream) -> tuple[PostOp, _Stream]:
+    """BN (and Relu / Clip) then a quantizer, on an integer stream, as a comparator chain per channel.
+
+    acc -> float32 BN -> ... -> quantize is a monotone step function of the accumulator per channel:
+    non-decreasing where the BN scale is positive, non-increasing where it is negative (fold-bn keeps
+    such BNs in float). With n = qmax - qmin levels, out = qmin + #{k : acc >= T_k} on an increasing
+    channel and out = qmax - #{k : acc >= T_k} = qmin + #{k : acc < T_k} on a decreasing one; the T_k
+    are found by bisection (qcc.numerics.step_thresholds) on the reference itself, so the table is
+    exact on every code of the stream's range (checked on a grid and at every threshold).
+    """
+    spec = end.quant
+    c = stream.width
+    if stream.flat and stream.hw != (1, 1):
+        raise _unsupported(node, "a per-channel op on a flattened map", _unsupported_op(node).remedy)
+    if isinstance(spec, Uniform) and spec.axis in (None, 1):
+        qmin, qmax, unit = spec.qmin, spec.qmax, 1
+        out_scale, out_zp = _spec_vectors(spec, c)
+    elif isinstance(spec, Bipolar):
+        qmin, qmax, unit = -1, 1, 2
+        out_scale, out_zp = _vec(spec.scale, c, np.float64), np.zeros(c, np.int64)
+    else:
+        raise _unsupported(end.producer, f"a {spec.scheme} annotation after a float {node.op}",
+                           "use a uniform or bipolar activation scheme there, or " + _CPU)
+    n = (qmax - qmin) // unit
+    levels = _chain_levels(chain, spec, stream, (1, c) if stream.flat else (1, c, 1, 1))
+    lo, hi = np.full(c, stream.lo, np.int64), np.full(c, stream.hi, np.int64)
+    dec = levels(lo[:, None])[:, 0] > levels(hi[:, None])[:, 0]
+
+    def count(q: np.ndarray) -> np.ndarray:  # non-decreasing per channel: thresholds reached
+        steps = (levels(q) - qmin) // unit
+        return np.where(dec[:, None], n - steps, steps)
+
+    table = step_thresholds(count, lo, hi, n)
+    table = np.where(np.isneginf(table), stream.lo, np.where(np.isposinf(table), stream.hi + 1, table))
+    table = table.astype(np.int64)
+    _check_table(node, count, table, stream.lo, stream.hi)
+    params = {"table": table, "base": np.where(dec, qmax, qmin).astype(np.int64),
+              "step": np.where(dec, -unit, unit).astype(np.int64)}
+    op = PostOp("thresholds", params, lo=qmin, hi=qmax)
+    return op, _Stream(out_scale, out_zp, qmin, qmax, c, stream.hw, stream.flat, isinstance(spec, Bipolar))
+
+
+def _check_table(node: Node, count, table: np.ndarray, lo: int, hi: int) -> None:
+    """The comparator chain reproduces `count` on a grid of the range and on both sides of every threshold
+    (it does when the chain is monotone per channel, which its ops are; this guards that claim)."""
+    grid = np.unique(np.linspace(lo, hi, num=min(hi - lo + 1, 1025)).round().astype(np.int64))
+    c = table.shape[0]
+    q = np.concatenate([np.broadcast_to(grid, (c, grid.size)), np.clip(table, lo, hi), np.clip(table - 1, lo, hi)],
+                       axis=1)
+    got = (q[:, :, None] >= table[:, None, :]).sum(axis=2)
+    if not np.array_equal(got, count(q)):
+        raise _unsupported(node, "its float result is not a monotone function of the accumulator per channel",
+                           _unsupported_op(node).remedy)
+
+
 def _relu_op(stream: _Stream) -> tuple[PostOp, _Stream]:
     op = PostOp("relu", {"zp": stream.zp.copy()}, lo=max(stream.lo, int(stream.zp.min())),
                 hi=max(stream.hi, int(stream.zp.max())))
@@ -473,7 +633,9 @@ def _weight_codes(node: Node, w: Value) -> tuple[np.ndarray, np.ndarray, int]:
     """Centred weight codes (as qcc.integer sees them), weight scales per output channel, bits."""
     spec = w.quant
     if not isinstance(spec, Uniform | Bipolar | Codebook):
-        raise _unsupported(node, "the weight must be quantized (uniform, bipolar or codebook)")
+        raise _unsupported(node, f"the weight '{w.name}' is not quantized (uniform, bipolar or codebook)",
+                           f"quantize it (w_scheme uniform, bipolar or codebook in {_layer_key(node.name)} of "
+                           "--config, not float), or " + _CPU)
     qt = constant_value(w)
     bits = 1 if isinstance(spec, Bipolar) else int(getattr(spec, "bits", 0) or 0)
     return qt.centred(), np.asarray(qt.scale, np.float64), bits
@@ -483,7 +645,9 @@ def _scale_vector(scale: np.ndarray, axis: int, n: int, node: Node) -> np.ndarra
     if scale.size == 1:
         return np.full(n, float(scale.reshape(-1)[0]))
     if scale.ndim <= axis or scale.shape[axis] != n:
-        raise _unsupported(node, "per-channel weight quantization must be along the output channels")
+        raise _unsupported(node, "per-channel weight quantization must be along the output channels",
+                           f"quantize the weights per tensor or per output channel (per_channel in "
+                           f"{_layer_key(node.name)} of --config), or " + _CPU)
     return np.moveaxis(scale, axis, 0).reshape(n, -1)[:, 0].astype(np.float64)
 
 
@@ -492,18 +656,30 @@ def _bias(node: Node, n_out: int, acc_scale: np.ndarray) -> np.ndarray:
         return np.zeros(n_out, np.int64)
     b = node.inputs[2]
     if not b.is_constant:
-        raise _unsupported(node, "the bias must be a constant")
+        raise _unsupported(node, f"the bias '{b.name}' is computed at run time (the RTL stores it in a ROM)")
     data = to_float(constant_value(b), np.float64).reshape(-1)
     if data.size not in (1, n_out):
-        raise _unsupported(node, f"a bias of {data.size} values for {n_out} outputs")
+        raise _unsupported(node, f"a bias of {data.size} values for {n_out} outputs (one, or one per output, "
+                                 "is needed)")
     return bias_to_accumulator(np.broadcast_to(data, (n_out,)), acc_scale)
 
 
 def _acc_range(wc: np.ndarray, bias: np.ndarray, xlo: int, xhi: int) -> tuple[int, int]:
+    """Interval bound of bias + sum w (x - z), every tap anywhere in [xlo, xhi] (sound, not tight with
+    padding); the fallback when qcc.ranges has no record of the layer."""
     wo = wc.astype(object)
     lo = bias.astype(object) + np.minimum(wo * xlo, wo * xhi).sum(axis=1)
     hi = bias.astype(object) + np.maximum(wo * xlo, wo * xhi).sum(axis=1)
     return int(lo.min()), int(hi.max())
+
+
+def _range_analysis(graph: Graph) -> dict[str, LayerRange]:
+    """qcc.ranges' records by node name; none (every layer keeps the plan's own sound bound) when the
+    analysis cannot follow the graph."""
+    try:
+        return analyze(graph)
+    except QccError:
+        return {}
 
 
 # ------------------------------------------------------------------------------ the builder
@@ -516,12 +692,15 @@ class _Builder:
         self.env: dict[str, _Ref] = {}
         self.streams: dict[str, StreamInfo] = {}
         self.current: dict[int, str] = {}  # id(stage) -> the graph value at its output
+        self.ranges = _range_analysis(graph)
+        self.consumed: set[str] = set()  # nodes lowered as part of another's post-op
 
     # -------------------------------------------------------------- helpers
     def ref(self, node: Node, value: Value) -> _Ref:
         r = self.env.get(value.name)
         if r is None:
-            raise _unsupported(node, f"input '{value.name}' is not a quantized stream (a float island?)")
+            raise _unsupported(node, f"its input '{value.name}' is a float value, not a quantized stream",
+                               _quantize_remedy(value, node))
         return r
 
     def add_stage(self, stage, value: Value, stream: _Stream) -> None:
@@ -559,6 +738,11 @@ class _Builder:
     def node(self, node: Node) -> None:
         out = node.outputs[0]
         op = node.op
+        if node.name in self.consumed:  # part of a float chain lowered at its BatchNormalization
+            return
+        if op == "BatchNormalization":
+            self.float_chain(node)
+            return
         if op in ("Gemm", "MatMul", "Conv"):
             self.mac(node)
         elif op == "Relu":
@@ -575,8 +759,26 @@ class _Builder:
         elif op in ("Add", "Sub"):
             self.add(node)
         else:
-            raise _unsupported(node, f"the op is not supported (supported: {', '.join(LOWERABLE_OPS)})")
+            raise _unsupported_op(node)
         self.annotate(node, out)
+
+    def float_chain(self, node: Node) -> None:
+        """A float BN (+ Relu / Clip) ending in a quantizer: one comparator chain on the stream (_chain_op)."""
+        chain = _float_chain(self.graph, node)
+        end = chain[-1].outputs[0]
+        pools = [n for n in chain if n.op == "MaxPool"]
+        x = node.inputs[0]
+        op, stream = _chain_op(node, [n for n in chain if n.op != "MaxPool"], end, self.ref(node, x).stream)
+        self.consumed.update(n.name for n in chain[1:])
+        if not pools:
+            self.post(node, x, op, stream, end)
+            return
+        # the comparator chain per pixel, then the pool on the quantized codes (see _float_chain)
+        self.post(node, x, op, stream, pools[0].inputs[0])
+        self.maxpool(pools[0])
+        r = self.env[pools[0].outputs[0].name]
+        self.env[end.name] = r
+        self.current[id(r.stage)] = end.name
 
     def free(self, node: Node) -> None:
         """Flatten / Reshape / Identity: the same codes on the stream (the layout is only a view)."""
@@ -589,7 +791,9 @@ class _Builder:
         stream = _Stream(s.scale, s.zp, s.lo, s.hi, s.width, s.hw, len(shape) == 2 or s.flat, s.binary)
         if not s.per_tensor and node.op != "Identity":  # the reference turns this into a float island
             if out.quant is None:
-                raise _unsupported(node, "reshaping a per-channel stream without an annotation (a float result)")
+                raise _unsupported(node, "reshaping a per-channel stream without an annotation (a float result)",
+                                   f"quantize '{out.name}' (an activation scheme in {_layer_key(node.name)} of "
+                                   "--config), or " + _CPU)
             op, stream = _float_island_op(node, out, stream)
             self.post(node, x, op, stream, out)
             return
@@ -604,17 +808,22 @@ class _Builder:
     def mac(self, node: Node) -> None:
         x, w = node.inputs[0], node.inputs[1]
         if not w.is_constant:
-            raise _unsupported(node, "the weight must be a constant")
+            raise _unsupported(node, f"the weight '{w.name}' is computed at run time, not a constant")
         r = self.ref(node, x)
         s = r.stream
         if not s.per_tensor:
-            raise _unsupported(node, "the input activation must be quantized per tensor")
+            if x.quant is None:
+                raise _unsupported(node, f"its input '{x.name}' is not quantized (it carries the previous layer's "
+                                         "per-channel accumulator)", _quantize_remedy(x, node))
+            raise _unsupported(node, f"its input '{x.name}' is quantized per channel (the unit takes one zero point)",
+                               f"quantize '{x.name}' per tensor, or " + _CPU)
         wc, w_scale, w_bits = _weight_codes(node, w)
         if node.op == "Conv":
             layer = self._conv(node, s, wc, w_scale)
         else:
             layer = self._dense(node, s, wc, w_scale)
         layer.weight_bits = w_bits
+        self.take_range(node, layer)
         layer.src = (r.hw_name,)
         # +-1 weights on a +-1 stream: XNOR + popcount (a padded convolution's window also holds the pad
         # value 0, which the unit recognises and leaves out of the count). A grouped convolution's
@@ -626,6 +835,30 @@ class _Builder:
                          layer.out_hw if isinstance(layer, ConvLayer) else (1, 1), node.op != "Conv")
         self.macs.append(layer)
         self.add_stage(layer, node.outputs[0], stream)
+
+    def take_range(self, node: Node, layer: DenseLayer) -> None:
+        """The accumulator range from qcc.ranges (issue 8: the analysis sizes FPGA accumulators).
+
+        qcc.ranges bounds the FINAL sum bias + sum_k w_k (x_k - z) per output channel, exactly. The RTL
+        register also holds partial sums during a folded reduction (the bias is preloaded on the first
+        step, SIMD products are added per step), and those can leave the final range: with every
+        x_k - z < 0 (a thresholds stream whose zero point lies above its codes) and w_k > 0, bias alone
+        exceeds every final sum. No allowance is needed, though: the MVU's accumulation uses only +, -
+        and * on two's complement registers of acc_width bits (wider operands are truncated, the
+        bias literal / ROM word is taken modulo 2^acc_width), i.e. it computes in Z / 2^acc_width,
+        where the map from the integers is a ring homomorphism. So the register ends holding the final
+        sum modulo 2^acc_width, and that is the sum itself when the final range fits acc_width signed
+        bits; nothing reads a partial sum (the post-ops take the final one). Hence acc_width =
+        qcc.ranges.required_bits(lo, hi) over the channels. The intersection with the plan's own
+        interval bound (both sound) only guards against the two analyses disagreeing.
+        """
+        record = self.ranges.get(node.name)
+        if record is None:
+            return
+        lo, hi = int(np.min(record.lo)), int(np.max(record.hi))
+        layer.acc_lo, layer.acc_hi = max(lo, layer.acc_lo), min(hi, layer.acc_hi)
+        if layer.acc_lo > layer.acc_hi:  # disjoint: one of the analyses is wrong; keep the sound union
+            layer.acc_lo, layer.acc_hi = min(lo, layer.acc_lo), max(hi, layer.acc_hi)
 
     def _dense(self, node: Node, s: _Stream, wc: np.ndarray, w_scale: np.ndarray) -> DenseLayer:
         if node.op == "Gemm" and (node.attrs["alpha"] != 1.0 or node.attrs["beta"] != 1.0 or node.attrs["transA"]):
@@ -653,9 +886,11 @@ class _Builder:
     def _conv(self, node: Node, s: _Stream, wc: np.ndarray, w_scale: np.ndarray) -> ConvLayer:
         a = node.attrs
         if wc.ndim != 4 or s.flat:
-            raise _unsupported(node, "only 2-D convolutions on N x C x H x W maps are supported")
+            raise _unsupported(node, "only 2-D convolutions on N x C x H x W maps are supported",
+                               "compile for --target cpu or cim")
         if any(int(d) != 1 for d in a.get("dilations") or (1, 1)):
-            raise _unsupported(node, "dilations other than 1")
+            raise _unsupported(node, f"dilations {list(a.get('dilations'))} (the window generator takes adjacent "
+                                     "pixels)", "compile for --target cpu or cim, which run dilated convolutions")
         groups = int(a.get("group", 1))
         cout, cin_g, kh, kw = wc.shape
         if cin_g * groups != s.width or cout % groups:
@@ -730,7 +965,7 @@ class _Builder:
         scale = np.minimum(a.scale, b.scale)
         aligns, ranges, lo, hi = [], [], [], []
         for s in (a, b):
-            chain, (vlo, vhi) = _align_chain(s, scale)
+            chain, (vlo, vhi) = _align_chain(node, s, scale)
             aligns.append(chain)
             ranges.append((s.lo, s.hi))
             lo.append(vlo)
@@ -746,7 +981,7 @@ class _Builder:
         self.add_stage(stage, node.outputs[0], out)
 
 
-def _align_chain(s: _Stream, scale: np.ndarray) -> tuple[list[PostOp], tuple[int, int]]:
+def _align_chain(node: Node, s: _Stream, scale: np.ndarray) -> tuple[list[PostOp], tuple[int, int]]:
     """q - z brought to `scale` exactly as qcc.integer._align: a rounding-shift requantization."""
     ratio = s.scale / scale
     lo_c = np.full(s.width, s.lo, np.int64) - s.zp
@@ -758,7 +993,8 @@ def _align_chain(s: _Stream, scale: np.ndarray) -> tuple[list[PostOp], tuple[int
     m0 = np.array([p[0] for p in pairs], np.int64)
     n = np.array([p[1] for p in pairs], np.int64)
     if np.any(n < 0):
-        raise QccError("fpga target: an Add operand needs a scale ratio >= 2^31")
+        raise _unsupported(node, "its operands' scales differ by a factor >= 2^31",
+                           "calibrate with data that exercise both branches (--calib), or " + _CPU)
     rlo = int(requantize(lo_c, m0, n, 0, -_BIG, _BIG).min())
     rhi = int(requantize(hi_c, m0, n, 0, -_BIG, _BIG).max())
     op = PostOp("requant", {"m0": m0, "n": n, "zp": np.zeros(s.width, np.int64), "centre": s.zp.copy()},
@@ -779,7 +1015,7 @@ def _capacity(stage) -> int:
     return 4
 
 
-def _insert_forks(stages: list, streams: dict[str, StreamInfo], output: str) -> list:
+def _insert_forks(stages: list, streams: dict[str, StreamInfo], output: str, out_value: Value) -> list:
     readers: dict[str, list] = {}
     for st in stages:
         for i, name in enumerate(st.src):
@@ -790,7 +1026,10 @@ def _insert_forks(stages: list, streams: dict[str, StreamInfo], output: str) -> 
         if len(users) < 2 and name != output:
             continue
         if name == output:
-            raise QccError("fpga target: the graph output is also read by another layer")
+            node = out_value.producer
+            raise LoweringError("fpga", node.name, node.op, f"the graph output '{out_value.name}' is also read by "
+                                "another layer (the output stream leaves the design)",
+                                "make the output a value no other layer reads, or " + _CPU)
         info = streams[name]
         dsts = tuple(f"{name}_f{k}" for k in range(len(users)))
         fork = ForkLayer(name=f"fork_{name}", kind="fork", channels=info.channels, in_hw=(info.h, info.w),
@@ -836,21 +1075,26 @@ def _branch_capacity(stages: list, start: str, depth: int = 0) -> int:
 
 def _input_stream(graph: Graph) -> tuple[Value, _Stream]:
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise QccError("fpga target: the graph must have exactly one input and one output")
+        raise QccError(f"lowering to target 'fpga' failed: the graph has {len(graph.inputs)} input(s) and "
+                       f"{len(graph.outputs)} output(s), the design streams exactly one of each; " + _CPU)
     x = graph.inputs[0]
     if not isinstance(x.quant, Uniform) or x.quant.axis is not None:
-        raise QccError(f"fpga target: input '{x.name}' must carry a per-tensor uniform annotation "
-                       "(run the quantize pass first)")
+        raise LoweringError("fpga", x.name, "input", "it needs a per-tensor uniform annotation (the host quantizes "
+                            "the frames it streams)", _quantize_remedy(x).replace("\"uniform\" or \"bipolar\"",
+                                                                                   "\"uniform\""))
     shape = x.type.shape
     if any(not isinstance(d, int) for d in shape[1:]):
-        raise QccError(f"fpga target: input '{x.name}' has symbolic feature dimensions")
+        raise LoweringError("fpga", x.name, "input", f"symbolic feature dimensions {list(shape[1:])}",
+                            "give the input fixed channel / height / width (only the batch may be symbolic), or "
+                            + _CPU)
     spec = x.quant
     if len(shape) == 4:
         c, hw, flat = shape[1], (shape[2], shape[3]), False
     elif len(shape) == 2:
         c, hw, flat = shape[1], (1, 1), True
     else:
-        raise QccError(f"fpga target: input '{x.name}' must be N x C or N x C x H x W")
+        raise LoweringError("fpga", x.name, "input", f"a rank-{len(shape)} input (the design streams N x C or "
+                            "N x C x H x W)", _CPU)
     return x, _Stream(np.full(c, spec.scale, np.float64), np.full(c, spec.zero_point, np.int64),
                       spec.qmin, spec.qmax, c, hw, flat)
 
@@ -858,7 +1102,7 @@ def _input_stream(graph: Graph) -> tuple[Value, _Stream]:
 def _check_nodes(graph: Graph) -> None:
     for node in graph.nodes:
         if node.op not in LOWERABLE_OPS:
-            raise _unsupported(node, f"the op is not supported (supported: {', '.join(LOWERABLE_OPS)})")
+            raise _unsupported_op(node)
         if len(node.outputs) != 1:
             raise _unsupported(node, "nodes with several outputs are not supported")
 
@@ -878,15 +1122,17 @@ def plan_graph(graph: Graph) -> Plan:
     for node in graph.nodes:
         b.node(node)
     if not b.macs:
-        raise QccError("fpga target: the graph has no dense or convolution (Gemm / MatMul / Conv) layer")
+        raise QccError("lowering to target 'fpga' failed: the graph has no dense or convolution (Gemm / MatMul / "
+                       "Conv) layer to build a design around; " + _CPU)
     out = graph.outputs[0]
     if out.producer is None or out.name not in b.env:
-        raise QccError("fpga target: the output must be computed by the graph")
+        raise QccError(f"lowering to target 'fpga' failed: the output '{out.name}' is not computed by a layer; "
+                       + _CPU)
     r = b.env[out.name]
     streams = {"in": StreamInfo(stream.width, stream.hw[0], stream.hw[1], stream.lo, stream.hi)}
     for st in b.stages:
         streams[st.dst] = _stream_info(st)
-    stages = _insert_forks(b.stages, streams, r.hw_name)
+    stages = _insert_forks(b.stages, streams, r.hw_name, out)
     s = r.stream
     hw = s.hw[0] * s.hw[1]
     return Plan(input_name=x.name, input_spec=x.quant, output_name=out.name, layers=b.macs,

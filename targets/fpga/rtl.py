@@ -4,8 +4,9 @@ A matrix-vector unit (dense layers, and convolutions behind their window generat
 vector per transfer (a window, or a pixel), folds the matrix into ceil(in/SIMD) x ceil(out/PE)
 steps and streams its weights from a ROM initialised with $readmemh (one word per step: PE x SIMD
 centred codes). The pipeline per step: ROM read (synchronous, so Yosys maps it to block RAM), then
-SIMD-wide dot products into PE accumulators (bias preloaded) and, on the last step of an output
-group, the per-channel post-ops (Relu, requantization with a half-to-even rounding shift,
+SIMD-wide dot products into PE accumulators (bias preloaded; a register is only as wide as the final
+sum's range, partial sums wrap modulo 2^width harmlessly: see plan._Builder.take_range) and, on the
+last step of an output group, the per-channel post-ops (Relu, requantization with a half-to-even rounding shift,
 comparator-chain thresholds, sign) into the output vector. All of it sits in one clocked block, so
 Icarus evaluates the arithmetic only when a step fires. The output vector is presented with
 out_valid until out_ready takes it; then the next input is accepted.
@@ -42,7 +43,7 @@ from qcc.targets.fpga.plan import ConvLayer, DenseLayer, ForkLayer, Plan, signed
 from qcc.targets.fpga.rtl_common import Params, chain, clog2, lit, pack_words, write_mem
 from qcc.targets.fpga.rtl_stream import fork_module, stream_module, swg_module
 
-__all__ = ["check_folding", "emit_design", "RtlFiles", "pack_words", "mvu_module"]
+__all__ = ["check_folding", "emit_design", "RtlFiles", "pack_words", "mvu_module", "wrap_signed"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,13 @@ def check_folding(layer: DenseLayer) -> None:
                                    ("SIMD", layer.simd, layer.n_in, what_in)):
         if not isinstance(fold, int) or isinstance(fold, bool) or fold < 1 or dim % fold:
             raise QccError(f"fpga target: layer '{layer.name}': {what}={fold} does not divide its {dim} {label}")
+
+
+def wrap_signed(values: np.ndarray, width: int) -> np.ndarray:
+    """Values modulo 2^width as signed width-bit numbers. The accumulator computes modulo 2^acc_width
+    (plan._Builder.take_range): a bias outside the final sum's range is preloaded as its residue."""
+    half = 1 << (width - 1)
+    return (np.asarray(values, dtype=object) + half) % (2 * half) - half
 
 
 def _weight_rom(layer: DenseLayer) -> tuple[np.ndarray, int]:
@@ -85,7 +93,7 @@ def mvu_module(layer: DenseLayer, mod: str, directory: Path) -> tuple[str, list[
     chw = clog2(layer.n_out + 1) + 1
     post_decls, lane_code = [], []
     for p in range(pe):
-        bias = params.get("bias", layer.bias, accw, f"ch_{p}")
+        bias = params.get("bias", wrap_signed(layer.bias, accw), accw, f"ch_{p}")
         d, s, final, _, _ = chain(layer.post, f"sum_{p}", layer.acc_lo, layer.acc_hi, params, f"l{p}", f"ch_{p}")
         post_decls += d
         lane_code.append((p, bias, s, final))

@@ -38,7 +38,14 @@ def write_mem(path: Path, rows: np.ndarray, width: int) -> Path:
 
 
 def lit(value: int, width: int) -> str:
-    """A sized signed Verilog literal."""
+    """A sized signed Verilog literal of `value` (at least `width` bits).
+
+    `-W'sdN` is the negation of the W-bit signed literal N, so N itself must be a positive W-bit signed
+    number: -1 needs -2'sd1 (1'sd1 is the 1-bit pattern 1, i.e. -1, and negated gives +1 once the
+    expression is wider), and -2^(W-1) needs W+1 bits. Widening a signed literal never changes its value.
+    """
+    value = int(value)
+    width = max(width, abs(value).bit_length() + 1)
     if value < 0:
         return f"-{width}'sd{-value}"
     return f"{width}'sd{value}"
@@ -126,11 +133,13 @@ def _thresholds(op: PostOp, params: Params, key: str, out: str, cur: str, chan: 
     decls = [f"  reg [{table.shape[1] * tw - 1}:0] {tname};", f"  reg signed [{tw - 1}:0] {te};"]
     base = op.params.get("base")
     start = "0" if base is None else params.get(f"{key}_base", base, _vrange(base), chan)
+    step = op.params.get("step")  # per channel (+-1, +-2): counting down on a decreasing channel
+    inc = "1" if step is None else params.get(f"{key}_step", step, _vrange(step), chan)
     stmts = [f"    {tname} = {tab};",
              f"    {out} = {start};",
              f"    for (i = 0; i < {table.shape[1]}; i = i + 1) begin",
              f"      {te} = {tname}[i*{tw} +: {tw}];",
-             f"      if ({cur} >= {te}) {out} = {out} + 1;",
+             f"      if ({cur} >= {te}) {out} = {out} + {inc};",
              "    end"]
     return decls, stmts
 

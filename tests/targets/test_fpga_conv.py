@@ -358,7 +358,8 @@ def test_unsupported_op_is_named():
     x = g.add_input("x", TensorType(("N", 4), "float32"))
     x.quant = Uniform(bits=4, scale=0.1)
     g.set_outputs([g.add_node("Sigmoid", [x], name="sig").outputs[0]])
-    with pytest.raises(QccError, match="cannot lower node 'sig' \\(Sigmoid\\)"):
+    with pytest.raises(QccError, match="lowering to target 'fpga' failed at Sigmoid 'sig': the op is not supported "
+                                       r"\(.*\); compile for --target cpu, which runs every op$"):
         plan_graph(g)
 
 
@@ -396,3 +397,119 @@ def test_example_cnn_simulates_bit_exactly(tmp_path):
 @pytest.mark.parametrize("bits", [4, 8])
 def test_example_cnn_whole_eval_set(tmp_path, bits):
     _example_check(tmp_path, f"fold-bn,calibrate,quantize{{w_bits={bits},a_bits={bits}}}", 360)
+
+
+# ----------------------------------------------------------------------------------- float BN chains
+
+@st.composite
+def float_bn_nets(draw):
+    """conv / dense -> BN with signed scales -> (Relu | Clip | nothing) -> quantizer -> 1x1 conv / dense,
+    through calibrate, quantize, fold-bn{thresholds=true}: a BN with a negative scale stays float, and
+    the FPGA lowers acc -> BN -> act -> quantizer as a comparator chain counting down on those channels."""
+    from qcc.ir.quant import Bipolar as _Bipolar
+    from qcc.pass_manager import PassContext, run_pipeline
+
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    conv = draw(st.booleans())
+    cin, cout = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    g = Graph()
+    shape = ("N", cin, 4, 4) if conv else ("N", cin * 3)
+    x = g.add_input("x", TensorType(shape, "float32"))
+    if conv:
+        k = draw(st.sampled_from([1, 3]))
+        w = g.add_constant("w", rng.normal(0, 0.5, (cout, cin, k, k)).astype(np.float32))
+        h = g.add_node("Conv", [x, w, g.add_constant("b", rng.normal(0, 0.3, cout).astype(np.float32))],
+                       attrs={"kernel_shape": [k, k], "pads": [k // 2] * 4}, name="l0").outputs[0]
+    else:
+        w = g.add_constant("w", rng.normal(0, 0.5, (cout, cin * 3)).astype(np.float32))
+        h = g.add_node("Gemm", [x, w, g.add_constant("b", rng.normal(0, 0.3, cout).astype(np.float32))],
+                       attrs={"transB": 1}, name="l0").outputs[0]
+    gamma = rng.uniform(0.3, 2.0, cout) * np.where(rng.random(cout) < 0.5, -1.0, 1.0)
+    gamma[draw(st.integers(0, cout - 1))] *= -1 if gamma.min() > 0 else 1  # at least one negative channel
+    if draw(st.booleans()):
+        gamma[draw(st.integers(0, cout - 1))] = 0.0  # a constant channel
+    bn = [gamma, rng.normal(0, 0.5, cout), rng.normal(0, 0.5, cout), rng.uniform(0.5, 2.0, cout)]
+    h = g.add_node("BatchNormalization", [h, *(g.add_constant(f"bn{i}", p.astype(np.float32))
+                                               for i, p in enumerate(bn))], name="bn").outputs[0]
+    act = draw(st.sampled_from(["none", "relu", "clip"]))
+    if act == "relu":
+        h = g.add_node("Relu", [h], name="act").outputs[0]
+    elif act == "clip":
+        h = g.add_node("Clip", [h], attrs={"min": -0.5, "max": 1.5}, name="act").outputs[0]
+    if conv and draw(st.booleans()):  # pooled in float, then quantized: the RTL pools the quantized codes
+        k, stride, pad = draw(st.sampled_from([(2, 2, 0), (3, 1, 1), (2, 1, 0)]))
+        h = g.add_node("MaxPool", [h], attrs={"kernel_shape": [k, k], "strides": [stride, stride],
+                                              "pads": [pad] * 4}, name="pool").outputs[0]
+        if draw(st.booleans()):
+            h = g.add_node("Relu", [h], name="act2").outputs[0]
+    if conv:
+        w2 = g.add_constant("w2", rng.normal(0, 0.5, (2, cout, 1, 1)).astype(np.float32))
+        out = g.add_node("Conv", [h, w2], attrs={"kernel_shape": [1, 1]}, name="l1").outputs[0]
+    else:
+        w2 = g.add_constant("w2", rng.normal(0, 0.5, (2, cout)).astype(np.float32))
+        out = g.add_node("Gemm", [h, w2], attrs={"transB": 1}, name="l1").outputs[0]
+    g.set_outputs([out])
+    calib = {"x": rng.normal(0, 1, (16, *shape[1:])).astype(np.float32)}
+    bits = draw(st.integers(2, 8))
+    run_pipeline(g, f"calibrate,quantize{{w_bits={draw(st.integers(2, 8))},a_bits={bits}}},fold-bn{{thresholds=true}}",
+                 PassContext(config={"calib": calib}))
+    if draw(st.booleans()):  # a bipolar quantizer at the end of the chain: counts in steps of 2
+        h.quant = _Bipolar(scale=0.5)
+    xs = np.concatenate([calib["x"][:3], rng.normal(0, 2.5, (3, *shape[1:])).astype(np.float32)])
+    layers = {n.name: n for n in g.nodes}
+    folding = {}
+    for name in ("l0", "l1"):
+        n_out = int(layers[name].outputs[0].type.shape[1])
+        n_in = int(np.prod(layers[name].inputs[1].data.shape[1:])) if layers[name].op == "Conv" \
+            else int(layers[name].inputs[1].data.shape[1])
+        folding[name] = (_divisor(draw, n_out), _divisor(draw, n_in))
+    return g, xs, folding
+
+
+@settings(max_examples=8, **_SETTINGS)
+@given(case=float_bn_nets())
+def test_float_batchnorm_chain_matches_integer_reference(case, tmp_path_factory):
+    g, x, folding = case
+    plan = _check(g, x, tmp_path_factory.mktemp("bnchain"), folding)
+    if any(n.op == "BatchNormalization" for n in g.nodes):  # lowered as a comparator chain with a direction
+        assert any("step" in op.params for op in plan.layers[0].post)
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_float_batchnorm_chain_counts_down_on_negative_channels(tmp_path, pool):
+    from qcc.ir.quant import Uniform as _Uniform
+    from qcc.pass_manager import PassContext, run_pipeline
+
+    rng = np.random.default_rng(4)
+    g = Graph()
+    x = g.add_input("x", TensorType(("N", 2, 5, 5), "float32"))
+    w = g.add_constant("w", rng.normal(size=(3, 2, 3, 3)).astype(np.float32))
+    h = g.add_node("Conv", [x, w], attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}, name="conv").outputs[0]
+    params = [np.array([1.0, -0.5, 2.0]), rng.normal(size=3), rng.normal(size=3), np.array([1.0, 0.5, 2.0])]
+    h = g.add_node("BatchNormalization", [h, *(g.add_constant(f"bn{i}", p.astype(np.float32))
+                                               for i, p in enumerate(params))], name="bn").outputs[0]
+    h = g.add_node("Relu", [h], name="relu").outputs[0]
+    if pool:  # BN -> Relu -> MaxPool in float, then the quantizer: the RTL pools the quantized codes
+        h = g.add_node("MaxPool", [h], attrs={"kernel_shape": [2, 2], "strides": [1, 1]}, name="pool").outputs[0]
+    w2 = g.add_constant("w2", rng.normal(size=(2, 3, 1, 1)).astype(np.float32))
+    g.set_outputs([g.add_node("Conv", [h, w2], attrs={"kernel_shape": [1, 1]}, name="conv2").outputs[0]])
+    calib = rng.normal(size=(16, 2, 5, 5)).astype(np.float32)
+    run_pipeline(g, "calibrate,quantize{w_bits=4,a_bits=4},fold-bn{thresholds=true}",
+                 PassContext(config={"calib": {"x": calib}}))
+    assert [n.op for n in g.nodes] == ["Conv", "BatchNormalization", "Relu", *(["MaxPool"] if pool else []), "Conv"]
+    assert (g.nodes[2].outputs[0].quant is None) == pool  # pooled in float before the quantizer
+    plan = _check(g, np.concatenate([calib[:4], rng.normal(0, 3, (4, 2, 5, 5)).astype(np.float32)]), tmp_path,
+                  {"conv": (3, 6), "conv2": (1, 3)})
+    (chain,) = plan.layers[0].post
+    assert [type(st).__name__ for st in plan.stages] == ["ConvLayer", *(["PoolLayer"] if pool else []), "ConvLayer"]
+    spec = h.quant
+    assert isinstance(spec, _Uniform) and chain.kind == "thresholds"
+    assert chain.params["step"].tolist() == [1, -1, 1]
+    assert chain.params["base"].tolist() == [spec.qmin, spec.qmax, spec.qmin]
+
+
+@pytest.mark.slow
+@settings(max_examples=60, **_SETTINGS)
+@given(case=float_bn_nets())
+def test_float_batchnorm_chain_matches_integer_reference_more(case, tmp_path_factory):
+    test_float_batchnorm_chain_matches_integer_reference.hypothesis.inner_test(case, tmp_path_factory)

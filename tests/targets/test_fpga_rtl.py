@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +15,7 @@ from qcc.ir.graph import Graph
 from qcc.ir.quant import Bipolar, Thresholds, Uniform
 from qcc.ir.types import TensorType
 from qcc.numerics import quantize
-from qcc.targets.fpga.plan import plan_graph, signed_bits
+from qcc.targets.fpga.plan import DenseLayer, plan_graph, signed_bits
 from qcc.targets.fpga.rtl import emit_design
 from qcc.targets.fpga.sim import emit_testbench, simulate_codes
 
@@ -160,3 +162,90 @@ def test_folding_must_divide(tmp_path):
     with pytest.raises(QccError, match="layer 'fc': SIMD=4 does not divide its 6 inputs"):
         emit_design(plan, tmp_path / "rtl")
     assert not (tmp_path / "rtl" / "qcc_top.v").exists()
+
+
+# ----------------------------------------------------------------------------------- accumulators = qcc.ranges
+
+def _acc_regs(rtl_dir, stage, index: int) -> set[int]:
+    """Widths of the accumulator registers declared in the MVU module of plan stage `index`."""
+    text = (rtl_dir / f"qcc_{stage.kind}{index}.v").read_text()
+    return {int(m) + 1 for m in re.findall(r"reg signed \[(\d+):0\] acc_0", text)}
+
+
+def _net_folding(draw, plan) -> dict[str, tuple[int, int]]:
+    return {layer.name: (_divisor(draw, layer.n_out), _divisor(draw, layer.n_in)) for layer in plan.layers}
+
+
+@pytest.mark.parametrize("scheme", ["uniform", "residual", "bipolar", "codebook"])
+def test_accumulator_widths_are_qcc_ranges_and_simulation_stays_exact(scheme, tmp_path_factory):
+    """acc_width = max over channels of required_bits(lo, hi) from the range analysis, the RTL declares
+    exactly that register width, and the design (random folding) simulates bit-exactly."""
+    from qcc.ranges import analyze, required_bits
+    from qcc.testing.nets import quantized_nets
+
+    @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(net=quantized_nets(scheme, max_layers=2, max_channels=4), data=st.data())
+    def check(net, data):
+        g = net.graph
+        ranges = analyze(g)
+        plan = plan_graph(g)
+        folding = _net_folding(data.draw, plan)
+        for layer in plan.layers:
+            rec = ranges[layer.name]
+            assert layer.acc_width == required_bits(rec.lo, rec.hi), layer.name
+            assert (layer.acc_lo, layer.acc_hi) == (int(rec.lo.min()), int(rec.hi.max()))
+            layer.pe, layer.simd = folding[layer.name]
+        tmp = tmp_path_factory.mktemp("accnet")
+        rtl = emit_design(plan, tmp / "rtl")
+        for i, st_ in enumerate(plan.stages):
+            if isinstance(st_, DenseLayer):
+                assert _acc_regs(tmp / "rtl", st_, i) == {st_.acc_width}, st_.name
+        name = g.inputs[0].name
+        x = np.concatenate([net.calibration[name][:2],
+                            np.random.default_rng(0).uniform(-1.5, 1.5, (2, *net.calibration[name].shape[1:]))])
+        x = x.astype(np.float32)
+        tb = emit_testbench(plan, tmp / "tb.v")
+        codes, _ = simulate_codes(plan, list(rtl.verilog), tb, quantize(x, plan.input_spec).reshape(len(x), -1))
+        out = ((codes - plan.out_zp).astype(np.float64) * plan.out_scale).astype(np.float32)
+        np.testing.assert_array_equal(out, run(g, {name: x}, mode="int")[plan.output_name].reshape(len(x), -1))
+
+    check()
+
+
+def _offset_thresholds_mlp(bias_codes: int, n_hid: int = 8) -> Graph:
+    """fc0 -> 1-bit thresholds whose zero point (4) lies above both codes {0, 1}, so every x - z of fc1
+    is in [-4, -3]; fc1 has positive weights (7) and a large positive bias: the bias alone lies far
+    outside fc1's final range, which is all the accumulator is sized for."""
+    rng = np.random.default_rng(11)
+    g = Graph()
+    x = g.add_input("x", TensorType(("N", 5), "float32"))
+    x.quant = Uniform(bits=6, signed=True, scale=0.1)
+    w0 = g.add_constant("w0", (rng.integers(-7, 8, (n_hid, 5)) * 0.1).astype(np.float32),
+                        quant=Uniform(bits=4, scale=0.1))
+    h = g.add_node("Gemm", [x, w0], attrs={"transB": 1}, name="fc0").outputs[0]
+    rows = np.sort(rng.normal(0, 1, (n_hid, 1)), axis=1)
+    h.quant = Thresholds(bits=1, thresholds=tuple(map(tuple, rows.tolist())), out_scale=0.5, out_bias=-2.0)
+    w1 = g.add_constant("w1", np.full((2, n_hid), 0.7, np.float32), quant=Uniform(bits=4, scale=0.1))
+    b1 = g.add_constant("b1", np.full(2, bias_codes * 0.05, np.float32))
+    g.set_outputs([g.add_node("Gemm", [h, w1, b1], attrs={"transB": 1}, name="fc1").outputs[0]])
+    return g
+
+
+@pytest.mark.parametrize("simd", [1, 2, 8])
+def test_partial_sums_outside_the_final_range_wrap_harmlessly(tmp_path, simd):
+    from qcc.ranges import analyze, required_bits
+
+    g = _offset_thresholds_mlp(bias_codes=224)
+    plan = plan_graph(g)
+    fc1 = plan.layers[1]
+    rec = analyze(g)["fc1"]
+    assert fc1.in_lo - fc1.in_zp == -4 and fc1.in_hi - fc1.in_zp == -3
+    assert fc1.acc_width == required_bits(rec.lo, rec.hi) == 7  # final sums in [0, 56]
+    assert int(fc1.bias.max()) == 224 and signed_bits(0, 224) > fc1.acc_width  # the preloaded bias wraps
+    fc1.pe, fc1.simd = 2, simd
+    rtl = emit_design(plan, tmp_path / "rtl")
+    tb = emit_testbench(plan, tmp_path / "tb.v")
+    x = np.random.default_rng(2).normal(0, 2, (24, 5)).astype(np.float32)
+    codes, _ = simulate_codes(plan, list(rtl.verilog), tb, quantize(x, plan.input_spec))
+    out = ((codes - plan.out_zp).astype(np.float64) * plan.out_scale).astype(np.float32)
+    np.testing.assert_array_equal(out, run(g, {"x": x}, mode="int")[plan.output_name])
