@@ -70,6 +70,11 @@ class CpuTarget(Target):
 
     name = "cpu"
     table_fields = ("word_ops", "a_bits", "w_bits")
+    # The bit-serial kernels and every requantization accumulate in int64, so `qcc compile` proves the
+    # model's accumulators fit 64 bits (qcc.ranges.prove_no_overflow). The int8 (VNNI) kernels
+    # accumulate in int32, but the module only chooses them where the layer's exact accumulator bound
+    # is below 2^31 (module._prefer_int8; int8.int8_accumulator_fits), so 64 is the binding width.
+    accumulator_bits = 64
 
     def __init__(self, **options):
         if options:

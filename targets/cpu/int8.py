@@ -45,6 +45,7 @@ _K = 4  # products per int32 lane per vpdpbusd
 VNNI_TENSORIZE_WORKS = False
 VNNI_WORKS = True  # the direct-intrinsic VNNI kernels build, run and are exact (tests/targets/test_cpu_int8.py)
 _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+_SERIAL_STEPS = 1 << 15  # kernels below this many vpdpbusd run on one thread (a parallel launch costs more)
 _MAX_ACC = 14  # zmm accumulators per tile: 14 * 64 B < 1 KiB keeps the tile on the stack (registers)
 
 
@@ -197,6 +198,7 @@ def _vnni_dense_func(spec: DenseSpec, sched: Int8Schedule):
     m, k, k4, npad, cob = spec.m, spec.k, _ceil(spec.k, _K), _pad16(spec.n), sched.cob
     nb = npad // INT8_LANES
     nbo = nb // cob
+    loop = T.serial if m * nb * k4 < _SERIAL_STEPS else T.parallel
 
     @T.prim_func
     def main(x: T.Buffer((m, k), "int32"), wp: T.Buffer((nb, k4, 16, 4), "int8"),
@@ -206,7 +208,7 @@ def _vnni_dense_func(spec: DenseSpec, sched: Int8Schedule):
         for i in T.serial(m):
             for j in T.serial(k4 * 4):
                 xq[i, j] = T.if_then_else(j < k, T.Cast("uint8", x[i, T.min(j, k - 1)]), T.uint8(0))
-        for p in T.parallel(m * nbo):
+        for p in loop(m * nbo):
             acc = T.alloc_buffer((cob * 16,), "int32", scope="local")
             for b in T.unroll(cob):
                 acc[T.ramp(b * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
@@ -237,20 +239,21 @@ def _vnni_conv_func(spec: ConvSpec, sched: Int8Schedule):
     per_img = nbo * oh
     pt, pl = spec.pads[0], spec.pads[1]
     hp, wpd = h + spec.pads[0] + spec.pads[2], w + spec.pads[1] + spec.pads[3]
+    loop = T.serial if n * nb * oh * ow * kh * kw * c4 < _SERIAL_STEPS else T.parallel
 
     @T.prim_func
     def main(x: T.Buffer((n, c, h, w), "int32"), wp: T.Buffer((nb, kh, kw, c4, 16, 4), "int8"),
              corr: T.Buffer((copad, oh, ow), "int32"), out: T.Buffer((n, copad, oh, ow), "int32")):
         T.func_attr({"global_symbol": "main", "tirx.noalias": True})
         xq = T.alloc_buffer((n, hp, wpd, c4 * 4), "uint8")
-        for q in T.parallel(n * hp):
+        for q in loop(n * hp):
             for e in T.serial(wpd * c4 * 4):  # zero the padded row, then copy the image row without selects
                 xq[q // hp, q % hp, e // (c4 * 4), e % (c4 * 4)] = T.uint8(0)
             if q % hp >= pt and q % hp < pt + h:
                 for ch in T.serial(c):
                     for xs in T.serial(w):
                         xq[q // hp, q % hp, xs + pl, ch] = T.Cast("uint8", x[q // hp, ch, q % hp - pt, xs])
-        for p in T.parallel(n * nbo * oh):
+        for p in loop(n * nbo * oh):
             for xo in T.serial(ow // px):
                 acc = T.alloc_buffer((px * cob * 16,), "int32", scope="local")
                 for t in T.unroll(px * cob):

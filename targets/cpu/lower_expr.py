@@ -131,11 +131,11 @@ def quantize_input(x: Lazy, scale: float, zero_point: int, qmin: int, qmax: int)
     return x.then(fn, "int32", (qmin, qmax))
 
 
-def offset_codes(x: Lazy, qmin: int) -> Lazy:
-    """int32 codes q - qmin, the kernels' unsigned operand."""
+def offset_codes(x: Lazy, qmin: int, dtype: str = "int32") -> Lazy:
+    """Codes q - qmin, the kernels' unsigned operand, as int32 (or uint8 when the caller knows they fit)."""
     from tvm import tirx
 
-    return x.then(lambda v, idx: (v.astype("int64") - tirx.const(qmin, "int64")).astype("int32"), "int32",
+    return x.then(lambda v, idx: (v.astype("int64") - tirx.const(qmin, "int64")).astype(dtype), dtype,
                   (x.bounds[0] - qmin, x.bounds[1] - qmin))
 
 

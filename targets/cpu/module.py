@@ -11,7 +11,9 @@ of TIR calls would only re-implement the VM's argument passing and buffer reuse.
 What runs where (all exact per qcc.integer, the spec):
 - in the module: input quantization (per-tensor uniform inputs), every Conv / Gemm the bit-serial
   kernels take (qcc.targets.cpu.layers.plan_layer; the float bias is folded at compile time into
-  the kernel's int64 correction term as round_half_even(b / (sx sw))), ReLU / Clip on codes,
+  the kernel's int64 correction term as round_half_even(b / (sx sw)); a pixel-vector conv whose
+  offset codes fit a byte gets them as uint8, so the producer writes and the kernel's packing reads a
+  quarter of the bytes), ReLU / Clip on codes,
   requantization, thresholds, bipolar signs, MaxPool, GlobalAveragePool, residual Add / Sub / Mul
   with the reference's fixed-point alignment, Identity / Flatten / Reshape / (Un)Squeeze, and the
   dequantized float outputs. Scales and zero points are static: the builder reads them from one
@@ -387,7 +389,7 @@ class _Lowering:
         return lx.combine(sides[0], sides[1], node.op, bound)
 
     def _mac(self, node: Node) -> lx.Lazy | None:
-        from qcc.targets.cpu.kernels import ConvSpec, conv_primfunc, dense_primfunc
+        from qcc.targets.cpu.kernels import ConvSpec, conv_primfunc, default_conv_schedule, dense_primfunc
         from qcc.targets.cpu.layers import plan_layer
 
         plan = plan_layer(node)
@@ -412,12 +414,16 @@ class _Lowering:
         w_abs = np.abs(wq.centred()).reshape(wq.q.shape[0], -1).sum(axis=1) if conv or node.attrs["transB"] \
             else np.abs(wq.centred()).sum(axis=0)
         bound = int(w_abs.max(initial=0)) * x_span + int(np.abs(bias_acc).max(initial=0))
-        xin = self._stored_lazy(lx.offset_codes(x, plan.qmin))
         use_int8 = _prefer_int8(spec, wq.centred(), bound)
+        # The pixel-vector conv reads its activations as bytes when the offset codes fit: the producer's
+        # requantize writes uint8 and the kernel's packing reads a quarter of the memory.
+        narrow = conv and not use_int8 and default_conv_schedule(spec).pixels \
+            and 0 <= x.bounds[0] - plan.qmin and x.bounds[1] - plan.qmin < 256
+        xin = self._stored_lazy(lx.offset_codes(x, plan.qmin, "uint8" if narrow else "int32"))
         if use_int8:
             func, wp, corr, stored, dtype = _int8_call(spec, conv, wq.centred(), node, corr)
         else:
-            func = conv_primfunc(spec) if conv else dense_primfunc(spec)
+            func = conv_primfunc(spec, x_dtype="uint8" if narrow else "int32") if conv else dense_primfunc(spec)
             wp, dtype = plan.wp, "int64"
             stored = (1, spec.co_pad, *spec.out_hw) if conv else (1, spec.n_pad)
         slot = self._call(func, [xin.leaves[0].source, wp, corr], stored, dtype)
@@ -673,6 +679,8 @@ class CompiledModel:
         self._dev = tvm.cpu()
         self._params = {k: tvm.runtime.tensor(v, self._dev) for k, v in arrays.items()}
         self._vm = None
+        self._funcs: dict = {}
+        self._inputs: dict = {}
         if (directory / MODULE_FILE).is_file():
             self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(directory / MODULE_FILE)), self._dev)
         self._values = {v.name: v for v in self.graph.values()}
@@ -695,8 +703,6 @@ class CompiledModel:
 
     def run_sample(self, sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One sample (batch 1) through the plan."""
-        import tvm
-
         env: dict[str, np.ndarray] = dict(sample)
         floats: dict[str, np.ndarray] = {}
         for v in self.graph.inputs:
@@ -706,8 +712,11 @@ class CompiledModel:
             if step["kind"] == "host":
                 self._host(step["node"], env, floats)
                 continue
-            args = [tvm.runtime.tensor(np.ascontiguousarray(env[name]), self._dev) for name in step["inputs"]]
-            result = self._vm[step["function"]](*args, *(self._params[k] for k in step["params"]))
+            args = [self._input_tensor(step["function"], name, env[name]) for name in step["inputs"]]
+            fn = self._funcs.get(step["function"])
+            if fn is None:  # looking a function up in the VM costs ~10 us: once per folder
+                fn = self._funcs[step["function"]] = self._vm[step["function"]]
+            result = fn(*args, *(self._params[k] for k in step["params"]))
             for (name, kind), tensor in zip(step["outputs"], result):
                 (env if kind == "codes" else floats)[name] = tensor.numpy()
         out = {}
@@ -715,6 +724,19 @@ class CompiledModel:
             dtype = self._values[name].type.dtype
             out[name] = np.asarray(floats[name] if name in floats else env[name]).astype(dtype)
         return out
+
+    def _input_tensor(self, function: str, name: str, array: np.ndarray):
+        """A device tensor holding `array`, reused across calls (allocating one costs ~15 us, a copy ~5)."""
+        import tvm
+
+        array = np.ascontiguousarray(array)
+        key = (function, name)
+        held = self._inputs.get(key)
+        if held is None or tuple(held.shape) != array.shape or str(held.dtype) != str(array.dtype):
+            held = self._inputs[key] = tvm.runtime.tensor(array, self._dev)
+            return held
+        held.copyfrom(array)
+        return held
 
     def _runtime(self, v: Value, env: dict):
         if v.is_constant:

@@ -12,18 +12,20 @@ The cheapest eligible kernel wins; ties go to bit-serial. Register tiles come fr
 defaults.
 
 Tuning log (JSON, deterministic: sorted keys, fixed indent): {"version": 1, "entries": {layer_key:
-{"kernel": "bitserial" | "int8", "px": int, "cob": int, "us": float | null}}}. With a log, the choice
+{"kernel": "bitserial" | "int8", "px": int, "cob": int, "pixels", "split", "flat": bool (optional, conv:
+the pixel-vector kernel, its word passes, flattened-plane vectors), "us": float | null}}}. With a log, the choice
 for a logged layer is read from it, so compilation is deterministic given the log; `tune` measures
 the candidates of each layer on this host and writes the fastest.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from qcc.targets.cpu.kernels import ConvSchedule, ConvSpec, DenseSpec, default_conv_schedule
+from qcc.targets.cpu.kernels import ConvSchedule, ConvSpec, DenseSpec, conv_schedule_ok, default_conv_schedule
 
 __all__ = ["KernelChoice", "int8_rate", "layer_key", "choose_kernel", "estimate_cycles", "load_log", "save_log", "tune",
            "BITSERIAL_MACS_PER_CYCLE", "INT8_MACS_PER_CYCLE", "INT8_EXACT_MACS_PER_CYCLE", "LOG_VERSION"]
@@ -44,6 +46,9 @@ class KernelChoice:
     cob: int = 1
     source: str = "model"
     us: float | None = None
+    pixels: bool = False  # conv: the pixel-vector kernel (ConvSchedule.pixels)
+    split: bool = True  # pixel-vector conv: one channel word per pass (ConvSchedule.split)
+    flat: bool = False  # pixel-vector conv: vectors over the flattened output plane (ConvSchedule.flat)
 
 
 def layer_key(spec: DenseSpec | ConvSpec) -> str:
@@ -89,7 +94,7 @@ def estimate_cycles(spec: DenseSpec | ConvSpec, kernel: str) -> float:
 def _default_choice(spec, kernel: str, source: str, us: float | None = None) -> KernelChoice:
     if kernel == "bitserial" and isinstance(spec, ConvSpec):
         tile = default_conv_schedule(spec)
-        return KernelChoice("bitserial", tile.px, tile.cob, source, us)
+        return KernelChoice("bitserial", tile.px, tile.cob, source, us, tile.pixels, tile.split, tile.flat)
     if kernel == "int8":
         from qcc.targets.cpu.int8 import default_int8_schedule
 
@@ -102,7 +107,9 @@ def choose_kernel(spec: DenseSpec | ConvSpec, log: dict | None = None) -> Kernel
     """The kernel for a layer: the tuning log's entry when it has one, else the cost model's."""
     entry = (log or {}).get("entries", {}).get(layer_key(spec))
     if entry is not None:
-        return KernelChoice(entry["kernel"], int(entry["px"]), int(entry["cob"]), "log", entry.get("us"))
+        return KernelChoice(entry["kernel"], int(entry["px"]), int(entry["cob"]), "log", entry.get("us"),
+                            bool(entry.get("pixels", False)), bool(entry.get("split", True)),
+                            bool(entry.get("flat", False)))
     kernels = ["bitserial"] + (["int8"] if _int8_eligible(spec) else [])
     best = min(kernels, key=lambda k: (estimate_cycles(spec, k), k != "bitserial"))
     return _default_choice(spec, best, "model")
@@ -134,8 +141,14 @@ def _candidates(spec) -> list[KernelChoice]:
         planes = 1 if spec.bipolar else spec.a_bits * spec.w_bits
         ow = spec.out_hw[1]
         for px in (1, 2, 4, 7, 8, 14):
-            if ow % px == 0 and px * planes * 64 < 1024 and px != out[0].px:
+            if ow % px == 0 and px * planes * 64 < 1024 and (px, False) != (out[0].px, out[0].pixels):
                 out.append(KernelChoice("bitserial", px, 1, "measured"))
+        for px, cob, split, flat in itertools.product((1, -(-ow // min(8, ow))), (8, 4, 2), (False, True),
+                                                      (False, True)):
+            tile = ConvSchedule(px, cob, True, split, flat)  # vector(s) per task, word passes, flat plane
+            key = (px, cob, True, split, flat)
+            if conv_schedule_ok(spec, tile) and all((c.px, c.cob, c.pixels, c.split, c.flat) != key for c in out):
+                out.append(KernelChoice("bitserial", px, cob, "measured", None, True, split, flat))
     if _int8_eligible(spec):
         out.append(_default_choice(spec, "int8", "measured"))
     return out
@@ -156,7 +169,7 @@ def _time_choice(spec, choice: KernelChoice, repeat: int) -> float:
     elif dense:
         prim, lib = kernels.dense_primfunc(spec), kernels.build_dense(spec)
     else:
-        tile = ConvSchedule(choice.px, choice.cob)
+        tile = ConvSchedule(choice.px, choice.cob, choice.pixels, choice.split, choice.flat)
         prim, lib = kernels.conv_primfunc(spec, tile), kernels.build_conv(spec, tile)
     args = []
     for buf in prim.params:  # TVM 0.27: PrimFunc params are the buffers

@@ -153,3 +153,19 @@ def test_int8_vnni_kernel_emits_vpdpbusd_not_the_saturating_forms():
     asm = int8.build_int8_dense(spec).mod.inspect_source("asm")
     assert "vpdpbusd" in asm and "vpdpbusds" not in asm and "vpmaddubsw" not in asm
     assert isinstance(func, tvm.tirx.PrimFunc)
+
+
+def test_int8_kernels_above_the_serial_threshold_run_parallel_and_exact():
+    """Layers over _SERIAL_STEPS vpdpbusd take the parallel loops (the small ones above run serially)."""
+    rng = np.random.default_rng(7)
+    c, co, h, w, zx = 16, 32, 32, 32, 3
+    spec = ConvSpec(1, c, h, w, co, 3, 3, 1, (1, 1), (1, 1, 1, 1), (1, 1), 8, 8)
+    assert 2 * h * w * 9 * (c // 4) >= int8._SERIAL_STEPS
+    assert "parallel" in int8.int8_conv_primfunc(spec).script()
+    x, wc = _codes(rng, (1, c, h, w), (co, c, 3, 3))
+    attrs = {"group": 1, "kernel_shape": [3, 3], "strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1]}
+    corr = int8.int8_correction(conv_correction(wc, zx, False, (h, w), attrs))
+    out = np.zeros((1, corr.shape[0], h, w), np.int32)
+    got = _run(int8.build_int8_conv(spec), x.astype(np.int32), int8.pack_int8_conv_weights(wc), corr, out)
+    want = get_op("Conv").evaluate([(x - zx).astype(np.float64), wc.astype(np.float64)], attrs)[0]
+    assert np.array_equal(got[:, :co], np.rint(want).astype(np.int64))
