@@ -73,6 +73,8 @@ def place_and_route(rtl_dir: Path, verilog: list[Path], top: str, in_bits: int, 
                        f"{capacity} of the {family} device nextpnr targets ({' '.join(flags)}); fold it "
                        "further (--lut-budget) or leave out --pnr")
     yosys = require_tool("yosys", "yosys")
+    rtl_dir, work = Path(rtl_dir).resolve(), Path(work).resolve()  # the tools run in rtl_dir / work
+    verilog = [Path(p).resolve() for p in verilog]
     work.mkdir(parents=True, exist_ok=True)
     wrap = work / "qcc_pnr_wrap.v"
     wrap.write_text(wrapper_verilog(top, in_bits, out_bits))

@@ -73,6 +73,8 @@ def synthesize(rtl_dir: Path, verilog: list[Path], top: str, device: str, netlis
     if device not in DEVICES:
         raise QccError(f"fpga target: unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     yosys = require_tool("yosys", "yosys")
+    rtl_dir, netlist = Path(rtl_dir).resolve(), Path(netlist).resolve()  # yosys runs in rtl_dir
+    verilog = [Path(p).resolve() for p in verilog]
     stat_file = netlist.with_suffix(".stat.json")
     flatten = "" if device == "xilinx" else " -noflatten"  # synth_xilinx keeps the hierarchy by default
     script = "; ".join([

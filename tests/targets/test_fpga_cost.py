@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -116,12 +115,12 @@ def test_folding_from_the_config_file():
     g = _quantized()
     doc = {"layers": {"fc0": {"pe": 4, "simd": 8}, "fc1": {"simd": 3}, "fc2": {"w_bits": 4}}}
     assert folding_from_config(doc) == {"fc0": (4, 8), "fc1": (None, 3)}
-    quant_config = SimpleNamespace(layers={"fc0": SimpleNamespace(pe=2, simd=None, w_bits=4)})
-    assert folding_from_config(quant_config) == {"fc0": (2, None)}
+    assert folding_from_config({"default": {"pe": 2}}, ["fc0", "fc1"]) == {"fc0": (2, None), "fc1": (2, None)}
     target = FpgaTarget(cycles_per_frame=48)
-    target.use_config(doc)
+    target.configure(doc)
     folds = {c.name: (c.fields["pe"], c.fields["simd"]) for c in target.cost(g).layers}
     assert folds["fc0"] == (4, 8) and folds["fc1"][1] == 3
+    assert 12 * 8 / (folds["fc1"][0] * 3) <= 48  # the free factor still meets the throughput
     with pytest.raises(QccError, match=r"pe must be a positive integer"):
         folding_from_config({"layers": {"fc0": {"pe": 0}}})
 
@@ -129,12 +128,30 @@ def test_folding_from_the_config_file():
 def test_folding_that_does_not_divide_names_the_layer():
     g = _quantized()
     target = FpgaTarget()
-    target.use_config({"layers": {"fc1": {"pe": 5}}})
-    with pytest.raises(QccError, match="layer 'fc1': PE=5 does not divide its 8 output channels"):
+    target.configure({"layers": {"fc1": {"pe": 5}}})
+    with pytest.raises(QccError, match=r"layer 'fc1': pe=5 \(--config \[layers.\"fc1\"\]\) does not divide its 8 "
+                                       r"output channels; legal pe: 1, 2, 4, 8$"):
+        target.cost(g)
+    target.configure({"default": {"simd": 5}})
+    with pytest.raises(QccError, match=r"layer 'fc0': simd=5 \(--config \[default\]\) does not divide its "
+                                       r"reduction length 16 \(inputs\); legal simd: 1, 2, 4, 8, 16$"):
         target.cost(g)
     plan = plan_graph(g)
-    with pytest.raises(QccError, match="folding names unknown layers: fc9"):
+    with pytest.raises(QccError, match="pe / simd set for unknown layer 'fc9'; did you mean .*'fc0'"):
         choose_folding(plan, folding={"fc9": (1, 1)})
+    with pytest.raises(QccError, match="'relu0', a Relu node, not a matrix-vector layer"):
+        choose_folding(plan, folding={"relu0": (1, 1)}, graph_ops={n.name: n.op for n in g.nodes})
+
+
+def test_fixed_factors_count_in_the_lut_budget():
+    g = _quantized()
+    free = FpgaTarget(lut_budget=10**6).cost(g)
+    pinned = FpgaTarget(lut_budget=10**6)
+    pinned.configure({"layers": {"fc0": {"pe": 1, "simd": 1}}})
+    report = pinned.cost(g)
+    rows = {c.name: c.fields for c in report.layers}
+    assert (rows["fc0"]["pe"], rows["fc0"]["simd"]) == (1, 1)
+    assert report.totals["cycles_per_frame"] == 16 * 12 >= free.totals["cycles_per_frame"]
 
 
 # ----------------------------------------------------------------------------------- assign-bits
