@@ -52,6 +52,8 @@ Hosts without AVX-512 VPOPCNTDQ (or fallback=True) get a small channel-vector ti
 
 from __future__ import annotations
 
+import functools
+import operator
 import warnings
 from dataclasses import dataclass
 
@@ -127,6 +129,19 @@ def weight_bits(wc: np.ndarray) -> int:
     while not (-(2 ** (bits - 1)) <= lo and hi <= 2 ** (bits - 1) - 1):
         bits += 1
     return bits
+
+
+def _add_plane_pair(total, terms, i: int, j: int, wb: int, bipolar: bool, lanes: int):
+    """total +- (sum of one (activation plane i, weight plane j) pair's popcounts) << (i + j).
+
+    The weight's top plane is its two's-complement sign (subtracted); XNOR layers subtract 2x their
+    XOR popcounts (the correction term holds the rest).
+    """
+    from tvm.script import tirx as T
+
+    s = T.Cast(f"int64x{lanes}", functools.reduce(operator.add, terms)) << \
+        T.broadcast(T.int64(1 if bipolar else i + j), lanes)
+    return total - s if bipolar or j == wb - 1 else total + s
 
 
 def _ceil(a: int, b: int) -> int:
@@ -336,8 +351,6 @@ def _dense_func(spec: DenseSpec, cob: int = 4):
     independent popcounts rather than one dependent chain. Layers under _SERIAL_DENSE popcounts run
     serially: at batch 1 a 1024 x 1024 layer is ~2000 popcounts, less than a parallel launch.
     """
-    import functools
-    import operator
 
     from tvm.script import tirx as T
 
@@ -373,9 +386,7 @@ def _dense_func(spec: DenseSpec, cob: int = 4):
                 for wd in range(words):
                     xv, wv = T.broadcast(xp[i, row, wd], LANES), wp[blk, j, wd, T.ramp(0, 1, LANES)]
                     terms.append(T.popcount(xv ^ wv if bip else xv & wv))
-                s = T.Cast(f"int64x{LANES}", functools.reduce(operator.add, terms)) << \
-                    T.broadcast(T.int64(1 if bip else i + j), LANES)
-                total = total - s if bip or j == wb - 1 else total + s
+                total = _add_plane_pair(total, terms, i, j, wb, bip, LANES)
         return total
 
     def out_at(p, bb):
@@ -610,8 +621,6 @@ def _pixel_conv_func(spec: ConvSpec, sched: ConvSchedule, x_dtype: str = "int32"
       whose width is not a multiple of 8 ends with a vector overlapping the previous one (same
       values written twice), so no masking is needed.
     """
-    import functools
-    import operator
 
     from tvm.script import tirx as T
 
@@ -727,8 +736,6 @@ def _flat_main(k: dict):
     28 pixels then waste no lanes (only the plane's last vector overlaps); one vector per task, whole
     window x words in one expression per output (no word passes).
     """
-    import functools
-    import operator
 
     from tvm.script import tirx as T
 
@@ -764,9 +771,7 @@ def _flat_main(k: dict):
                             xv = xs[b, i, g, wd, rx, T.ramp(f0 + ry * dh * ow, 1, lf)]
                             wv = T.broadcast(wp[co // LANES, j, ry, rx, wd, co % LANES], lf)
                             terms.append(T.popcount(xv ^ wv if bip else xv & wv))
-                s = T.Cast(f"int64x{lf}", functools.reduce(operator.add, terms)) << \
-                    T.broadcast(T.int64(1 if bip else i + j), lf)
-                total = total - s if bip or j == wb - 1 else total + s
+                total = _add_plane_pair(total, terms, i, j, wb, bip, lf)
         return total
 
     def out_at(p, cc):
