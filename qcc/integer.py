@@ -54,7 +54,7 @@ from qcc.numerics import (
 from qcc.ops import get_op
 
 __all__ = ["QTensor", "IntegerSemantics", "run_integer", "to_float", "quantize_result", "evaluate_node",
-           "constant_value"]
+           "constant_value", "exact_contraction"]
 
 
 @dataclass(frozen=True)
@@ -206,8 +206,9 @@ def _mac(node: Node, args: list[Runtime | None]) -> list[Runtime] | None:
     if node.op == "Conv":
         cout = w.q.shape[0]
         w_scale = _channel_vector(np.asarray(w.scale), 0, cout) if w.scale.ndim else np.full(cout, w.scale)
-        acc = _exact(lambda a, b: get_op("Conv").evaluate([a, b], node.attrs)[0], x.centred(), wc,
-                     tuple(range(1, wc.ndim)))
+        conv = get_op("Conv")
+        acc = exact_contraction(lambda a, b: conv.evaluate([a, b], node.attrs)[0], x.centred(), wc,
+                                tuple(range(1, wc.ndim)))
         out_axis = 1
     else:
         trans_b = node.op == "Gemm" and node.attrs["transB"]
@@ -217,7 +218,7 @@ def _mac(node: Node, args: list[Runtime | None]) -> list[Runtime] | None:
         if w.scale.size > 1 and w.scale.shape[w_axis] != n_out:
             return None  # per-channel along the reduction axis: no integer form
         w_scale = _channel_vector(np.asarray(w.scale), w_axis, n_out) if w.scale.ndim else np.full(n_out, w.scale)
-        acc = _exact(np.matmul, x.centred(), wm, (-2,))
+        acc = exact_contraction(np.matmul, x.centred(), wm, (-2,))
         out_axis = acc.ndim - 1
     channels = acc.shape[out_axis]
     acc_scale = float(x.scale.reshape(())) * w_scale  # per output channel, float64
@@ -235,7 +236,7 @@ def _mac(node: Node, args: list[Runtime | None]) -> list[Runtime] | None:
 _FLOAT64_EXACT = 2**53  # every integer of smaller magnitude, and every sum of them, is exact in float64
 
 
-def _exact(contract, x: np.ndarray, w: np.ndarray, reduce_axes: tuple[int, ...]) -> np.ndarray:
+def exact_contraction(contract, x: np.ndarray, w: np.ndarray, reduce_axes: tuple[int, ...]) -> np.ndarray:
     """contract(x, w) on integer codes, in float64 (BLAS) when no partial sum can reach 2^53, else int64.
 
     Why: numpy has no BLAS for int64, so integer convolutions and matmuls ran 10-50x slower than the

@@ -41,7 +41,7 @@ import numpy as np
 
 from qcc.crop import evaluate_interior
 from qcc.errors import QccError
-from qcc.integer import IntegerSemantics, QTensor, evaluate_node, to_float
+from qcc.integer import IntegerSemantics, QTensor, evaluate_node, exact_contraction, to_float
 from qcc.interp import run
 from qcc.ir.graph import Graph, Node
 from qcc.numerics import bias_to_accumulator, channel_shape
@@ -183,10 +183,10 @@ def _dac_codes(q: np.ndarray, m: LayerMapping, zx: int, name: str) -> tuple[np.n
 
 def _weight_sums(wc: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """The input offset correction's weight sums: sum of wc over every row, or per position over the
-    rows `mask` marks ([P, rows] 0/1; exact in float64 below 2^53)."""
+    rows `mask` marks ([P, rows] 0/1)."""
     if mask is None:
         return wc.sum(axis=0)[None, :]
-    return np.rint(mask.astype(np.float64) @ wc.astype(np.float64)).astype(np.int64)
+    return exact_contraction(np.matmul, mask.astype(np.int64), wc.astype(np.int64), (-2,))
 
 
 def _mac(node: Node, args: list, m: LayerMapping, arch: Arch) -> list | None:

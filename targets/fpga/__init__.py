@@ -311,11 +311,8 @@ class FpgaTarget(Target):
 
         try:
             plan = plan_graph(graph)
-        except QccError as e:  # say which node stops the lowering, and why
+        except QccError as e:  # say which node stops the lowering (a LoweringError names it), and why
             node = getattr(e, "node", None)
-            if node is None:
-                named = re.search(r"node '([^']*)'", str(e))
-                node = named.group(1) if named else None
             if node is None:
                 return {n.name: ("not lowered", str(e)) for n in graph.nodes}
             return {node: ("cannot be lowered", str(e))}

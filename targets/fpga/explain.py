@@ -40,7 +40,7 @@ def accumulator_bits(plan: Plan) -> dict[str, int]:
 
 def explain_plan(graph: Graph, plan: Plan, reasons: Mapping[str, str], device: str) -> dict[str, tuple[str, str]]:
     """{node name: (RTL block, why)} for every node of `graph` lowered by `plan`."""
-    required = _required_bits(graph)
+    required = {name: record.bits for name, record in plan.ranges.items()}  # the analysis the plan sized from
     stages = {st.name: st for st in plan.stages or plan.layers}
     forks = [st for st in plan.stages if isinstance(st, ForkLayer)]
     producer_of = {}  # hardware stream name -> stage writing it
@@ -130,8 +130,8 @@ def _binary_input(layer: DenseLayer) -> bool:
 
 
 def _acc_why(layer, ranges_bits: int | None) -> str:
-    text = (f"acc: worst case [{layer.acc_lo}, {layer.acc_hi}] from the weights, bias and input codes "
-            f"[{layer.in_lo}, {layer.in_hi}] - {layer.in_zp} -> {layer.acc_width} bits")
+    text = (f"acc: worst case [{layer.acc_lo}, {layer.acc_hi}] over input codes [{layer.in_lo}, {layer.in_hi}] "
+            f"- {layer.in_zp} -> {layer.acc_width} bits")
     if ranges_bits is None:
         return text
     if ranges_bits == layer.acc_width:
@@ -211,13 +211,3 @@ def _posts(post: list[PostOp], lead: str = ", ") -> str:
     if not parts:
         return ""
     return (lead or " ") + " + ".join(parts)
-
-
-def _required_bits(graph: Graph) -> dict[str, int]:
-    """qcc.ranges' required_bits per accumulating node (empty when the analysis cannot run)."""
-    from qcc.ranges import analyze
-
-    try:
-        return {name: layer.bits for name, layer in analyze(graph).items()}
-    except Exception:  # noqa: BLE001 - explain is best effort; the lowering itself is checked elsewhere
-        return {}

@@ -320,6 +320,7 @@ class Plan:
     out_zp: np.ndarray  # per output element, int64
     out_dtype: str = "float32"
     stages: list = field(default_factory=list)  # every stage in dataflow order (layers included)
+    ranges: dict = field(default_factory=dict)  # qcc.ranges' LayerRange per accumulating node (empty: none)
     streams: dict[str, StreamInfo] = field(default_factory=dict)
     input_stream: str = "in"
     output_stream: str = ""
@@ -1138,4 +1139,4 @@ def plan_graph(graph: Graph) -> Plan:
     return Plan(input_name=x.name, input_spec=x.quant, output_name=out.name, layers=b.macs,
                 out_scale=np.repeat(np.asarray(s.scale, np.float64), hw),
                 out_zp=np.repeat(np.asarray(s.zp, np.int64), hw), out_dtype=out.type.dtype,
-                stages=stages, streams=streams, input_stream="in", output_stream=r.hw_name)
+                stages=stages, streams=streams, input_stream="in", output_stream=r.hw_name, ranges=b.ranges)

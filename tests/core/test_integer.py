@@ -179,7 +179,7 @@ def test_a_bias_beyond_62_bits_is_a_clear_error_not_a_wrapped_int64():
 def test_integer_contraction_is_exact_on_either_side_of_the_float64_limit(magnitude_bits, k, seed):
     """The float64 (BLAS) path of integer contractions must give int64's exact result, and large codes
     (partial sums >= 2^53) must fall back to int64 rather than round."""
-    from qcc.integer import _exact
+    from qcc.integer import exact_contraction
 
     rng = np.random.default_rng(seed)
     limit = 2 ** min(magnitude_bits, 31)
@@ -187,4 +187,4 @@ def test_integer_contraction_is_exact_on_either_side_of_the_float64_limit(magnit
     w = rng.integers(-limit, limit, (k, 5), dtype=np.int64)
     want = (x.astype(object) @ w.astype(object))
     if np.all(np.abs(want) < 2**62):
-        np.testing.assert_array_equal(_exact(np.matmul, x, w, (-2,)), want.astype(np.int64))
+        np.testing.assert_array_equal(exact_contraction(np.matmul, x, w, (-2,)), want.astype(np.int64))
